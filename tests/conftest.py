@@ -1,0 +1,24 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices give a real 2-replica MirroredStrategy; they must be
+# configured before TensorFlow initialises its devices.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(tmp_path_factory):
+    """A TFDS data_dir holding fashion_mnist, prepared once by the real builder
+    from Debian's files (see train.data)."""
+    from train.data import get_builder
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    get_builder("fashion_mnist", data_dir=data_dir)
+    return data_dir

@@ -1,0 +1,43 @@
+"""Independent NumPy reference of LARS, written from the paper (float64).
+
+You, Gitman & Ginsburg (2017), Algorithm 1 with Eq. 6:
+    lambda = eta * ||w|| / (||g|| + beta * ||w||)
+    v <- m * v + gamma_t * lambda * (g + beta * w);  w <- w - v
+plus the variants the optimizer offers (epsilon, Nesterov, the
+||g + beta w|| denominator of Model Garden/optax, LARC clipping) and the
+zero-norm guard (lambda = 1).
+"""
+
+import numpy as np
+
+
+class NumpyLARS:
+    def __init__(self, momentum=0.9, weight_decay=0.0, eta=0.001, epsilon=0.0, nesterov=False,
+                 denominator="sum_of_norms", trust_clip=False):
+        self.m, self.beta, self.eta, self.eps = momentum, weight_decay, eta, epsilon
+        self.nesterov, self.denominator, self.trust_clip = nesterov, denominator, trust_clip
+
+    def trust_ratio(self, w, g, lr, beta):
+        w_norm = np.linalg.norm(w.ravel())
+        if self.denominator == "sum_of_norms":
+            g_norm = np.linalg.norm(g.ravel())
+            denom = g_norm + beta * w_norm + self.eps
+        else:
+            g_norm = np.linalg.norm((g + beta * w).ravel())
+            denom = g_norm + self.eps
+        ratio = self.eta * w_norm / denom if (w_norm > 0 and g_norm > 0) else 1.0
+        if self.trust_clip:
+            ratio = min(ratio / lr, 1.0) if lr > 0 else 1.0
+        return ratio
+
+    def step(self, w, v, g, lr, adapt=True, decay=True):
+        """Returns (w, v) after one step; v is None when momentum is 0."""
+        w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
+        beta = self.beta if decay else 0.0
+        ratio = self.trust_ratio(w, g, lr, beta) if adapt else 1.0
+        scaled = lr * ratio * (g + beta * w)
+        if v is None:
+            return w - scaled, None
+        v = self.m * np.asarray(v, np.float64) + scaled
+        update = self.m * v + scaled if self.nesterov else v
+        return w - update, v
