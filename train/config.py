@@ -13,6 +13,7 @@ class TrainConfig:
     optimizer: str = "lars"
     global_batch_size: int = 2048
     epochs: int = 8
+    steps_per_epoch: int = 0
     base_learning_rate: float = 4.0
     warmup_epochs: float = 2.0
     end_learning_rate: float = 1e-4
@@ -31,6 +32,7 @@ class TrainConfig:
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _require(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size, "an int >= 1")
         _require(self.epochs >= 1, "epochs", self.epochs, "an int >= 1")
+        _require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an int >= 0 (0: a full pass)")
         _require(self.base_learning_rate > 0, "base_learning_rate", self.base_learning_rate, "a float > 0")
         _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", self.warmup_epochs, "a float in [0, epochs]")
         _require(self.end_learning_rate >= 0, "end_learning_rate", self.end_learning_rate, "a float >= 0")
@@ -51,7 +53,9 @@ _HELP = {
     "optimizer": "lars (keras_lars.LARS) or sgd (Keras SGD with momentum, the baseline, with Keras's "
     "decoupled weight decay w -= lr * wd * w); both use the same warmup + polynomial decay schedule",
     "global_batch_size": "examples per optimizer step, summed over all replicas",
-    "epochs": "training epochs (passes over the train split)",
+    "epochs": "training epochs",
+    "steps_per_epoch": "optimizer steps per epoch; 0 (default) is one full pass over the train split at the "
+    "global batch (remainder dropped). The schedule's warmup and decay follow epochs of this length",
     "base_learning_rate": "peak learning rate reached at the end of warmup (MLPerf lars_opt_base_learning_rate)",
     "warmup_epochs": "linear warmup length in epochs, may be fractional (lars_opt_learning_rate_warmup_epochs)",
     "end_learning_rate": "learning rate at the end of the polynomial (power 2) decay (lars_opt_end_learning_rate)",

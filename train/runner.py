@@ -99,7 +99,7 @@ def run(config):
         image_size=config.image_size or None,
         seed=config.seed,
     )
-    steps_per_epoch = info["train_examples"] // config.global_batch_size
+    steps_per_epoch = config.steps_per_epoch or info["train_examples"] // config.global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(
             f"--global-batch-size {config.global_batch_size} exceeds the {info['train_examples']} "
@@ -117,8 +117,9 @@ def run(config):
     one_hot = lambda x, y: (x, tf.one_hot(y, num_classes))  # noqa: E731
     throughput = Throughput(config.global_batch_size)
     history = model.fit(
-        train_ds.map(one_hot),
+        train_ds.map(one_hot).repeat(),
         epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
         validation_data=eval_ds.map(one_hot),
         callbacks=[
             throughput,

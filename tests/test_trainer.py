@@ -1,0 +1,116 @@
+"""The trainer end to end on real Fashion-MNIST, its data path and its models."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from train.config import TrainConfig, parse_args
+from train.data import DEBIAN_FASHION_MNIST_DIR, make_datasets
+from train.models import build_model, cifar_resnet, resnet50_v15
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _idx_images(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    count, rows, cols = np.frombuffer(data[4:16], ">u4")
+    return np.frombuffer(data[16:], np.uint8).reshape(count, rows, cols)
+
+
+def test_fashion_mnist_prepared_by_the_real_builder(fashion_mnist_dir):
+    builder = tfds.builder("fashion_mnist", data_dir=fashion_mnist_dir)
+    assert builder.is_prepared()
+    assert type(builder).__name__ == "FashionMNIST"
+    assert builder.info.splits["train"].num_examples == 60_000
+    assert builder.info.splits["test"].num_examples == 10_000
+    # Every test image, in order, equals the Debian IDX file parsed independently.
+    expected = _idx_images(os.path.join(DEBIAN_FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz"))
+    got = np.stack([ex["image"][..., 0] for ex in tfds.as_numpy(builder.as_dataset(split="test", shuffle_files=False))])
+    assert got.shape == expected.shape
+    # TFDS may write examples in a shuffled order: compare as multisets of images.
+    key = lambda a: sorted(x.tobytes() for x in a)  # noqa: E731
+    assert key(got) == key(expected)
+
+
+def test_eval_keeps_every_example_and_train_batches_are_full(fashion_mnist_dir):
+    train, evaluation, info = make_datasets("fashion_mnist", 3000, data_dir=fashion_mnist_dir)
+    assert info["eval_examples"] == 10_000 and info["input_shape"] == (28, 28, 1)
+    assert sum(int(x.shape[0]) for x, _ in evaluation) == 10_000
+    x, y = next(iter(train))
+    assert x.shape == (3000, 28, 28, 1) and y.shape == (3000,)
+    assert abs(float(np.mean(x))) < 0.1 and abs(float(np.std(x)) - 1.0) < 0.1
+
+
+def test_trainer_end_to_end(fashion_mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train", "--data-dir", fashion_mnist_dir, "--output-dir", str(out),
+           "--model", "resnet8", "--global-batch-size", "512", "--epochs", "2", "--steps-per-epoch", "20",
+           "--base-learning-rate", "6", "--warmup-epochs", "0.5"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "CI": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["optimizer"] == "lars" and summary["config"]["global_batch_size"] == 512
+    assert summary["steps_per_epoch"] == 20 and summary["eval_examples"] == 10_000
+    assert len(summary["history"]["val_top1"]) == 2
+    # 40 LARS steps on real images (measured: test top-1 0.34, train loss
+    # 2.21 -> 1.71); an optimizer that did not train would stay at 10% and ~2.3.
+    assert summary["final_top1"] > 0.25, summary["history"]
+    assert summary["history"]["loss"][1] < summary["history"]["loss"][0] - 0.3, summary["history"]
+    assert summary["best_top1"] >= summary["final_top1"]
+    assert summary["train_images_per_second"] > 0
+    # Learning rate at the end of each epoch against the schedule's formula
+    # (warmup 10 steps, decay over 40 - 10 + 1 = 31 steps, end LR 1e-4).
+    lr_at = lambda t: (6 - 1e-4) * (1 - min(t - 10, 31) / 31) ** 2 + 1e-4  # noqa: E731
+    assert summary["history"]["learning_rate"] == pytest.approx([lr_at(20), lr_at(40)], rel=1e-4)
+    events = [f for _, _, files in os.walk(out / "tensorboard") for f in files if "tfevents" in f]
+    assert len(events) >= 2  # train and validation writers
+    assert "final test top-1" in result.stdout
+
+
+def test_cli_rejects_bad_values(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--warmup-epochs", "20", "--epochs", "8"])
+    assert exit_info.value.code == 2
+    assert "--warmup-epochs must be a float in [0, epochs]. Received: 20.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--optimizer", "adam"])
+
+
+def test_cli_flags_map_to_config():
+    config = parse_args(["--global-batch-size", "4096", "--optimizer", "sgd", "--eta", "0.002"])
+    assert config == TrainConfig(global_batch_size=4096, optimizer="sgd", eta=0.002)
+
+
+def test_resnet50_v15_matches_mlperf():
+    model = resnet50_v15()
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    assert trainable == 25_557_032
+    assert len(model.trainable_variables) == 161
+    # v1.5: the stride-2 sits on the 3x3 conv of a stage's first block.
+    assert model.get_layer("stage2_block1_conv1").strides == (1, 1)
+    assert model.get_layer("stage2_block1_conv2").strides == (2, 2)
+    assert all(not layer.use_bias for layer in model.layers if layer.__class__.__name__ == "Conv2D")
+    assert all(layer.momentum == 0.9 and layer.epsilon == 1e-5
+               for layer in model.layers if layer.__class__.__name__ == "BatchNormalization")
+
+
+# Counted by hand from He et al. (2016), Sec. 4.2 (option-A shortcuts); the
+# paper gives 0.27M for ResNet-20 and 0.85M for ResNet-56.
+@pytest.mark.parametrize("depth,params", [(8, 75_290), (20, 269_722), (56, 853_018)])
+def test_cifar_resnets(depth, params):
+    model = cifar_resnet(depth, num_classes=10, input_shape=(32, 32, 3))
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == params
+    assert build_model(f"resnet{depth}", 10, (28, 28, 1)).name == f"resnet{depth}"
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="'resnet21'.*resnet50"):
+        build_model("resnet21", 10, (28, 28, 1))
