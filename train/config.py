@@ -12,9 +12,9 @@ class TrainConfig:
     model: str = "resnet8"
     optimizer: str = "lars"
     global_batch_size: int = 2048
-    epochs: int = 8
+    epochs: int = 10
     steps_per_epoch: int = 0
-    base_learning_rate: float = 4.0
+    base_learning_rate: float = 10.0
     warmup_epochs: float = 2.0
     end_learning_rate: float = 1e-4
     weight_decay: float = 1e-4
