@@ -1,4 +1,4 @@
-"""XLA compilation of per-variable update functions.
+"""Backend-specific glue: XLA compilation of per-variable updates, dense gradients.
 
 Keras turns XLA off for the whole train step under tf.distribute; compiling the
 per-variable update on its own still fuses its norms and elementwise math.
@@ -25,3 +25,16 @@ def maybe_jit(fn, enabled):
         return compiled(*(None if a is None else tf.convert_to_tensor(a) for a in args))
 
     return call
+
+
+def dense_gradient(gradient):
+    """Densifies a TensorFlow `IndexedSlices` gradient (from `Embedding`),
+    summing rows of repeated indices: the trust ratio needs the norm of the
+    whole summed gradient, not of its unsummed rows."""
+    if keras.backend.backend() != "tensorflow":
+        return gradient
+    import tensorflow as tf
+
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient

@@ -1,12 +1,12 @@
 """LARS: Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg, 2017)."""
 
 import functools
-import numbers
 
 import keras
 from keras import ops
 
-from keras_lars._xla import maybe_jit
+from keras_lars._validation import check_number
+from keras_lars._xla import dense_gradient, maybe_jit
 from keras_lars.exclusions import ExclusionRules
 
 TRUST_RATIO_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
@@ -178,10 +178,10 @@ class LARS(keras.optimizers.Optimizer):
     ):
         learning_rate = _check_learning_rate(learning_rate)
         weight_decay = 0.0 if weight_decay is None else weight_decay
-        _check_float("momentum", momentum, "a float in [0, 1)", lambda x: 0 <= x < 1)
-        _check_float("weight_decay", weight_decay, "a float >= 0", lambda x: x >= 0)
-        _check_float("eta", eta, "a float > 0", lambda x: x > 0)
-        _check_float("epsilon", epsilon, "a float >= 0", lambda x: x >= 0)
+        check_number("momentum", momentum, "a float in [0, 1)", lambda x: 0 <= x < 1)
+        check_number("weight_decay", weight_decay, "a float >= 0", lambda x: x >= 0)
+        check_number("eta", eta, "a float > 0", lambda x: x > 0)
+        check_number("epsilon", epsilon, "a float >= 0", lambda x: x >= 0)
         if trust_ratio_denominator not in TRUST_RATIO_DENOMINATORS:
             raise ValueError(
                 f"`trust_ratio_denominator` must be one of "
@@ -282,7 +282,7 @@ class LARS(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         slot = self.momentums[index] if self.momentums else None
         fn = self._update_fn(self._adapts[index], self._uses_decay[index])
-        new_w, new_v = fn(variable, gradient, slot, learning_rate)
+        new_w, new_v = fn(variable, dense_gradient(gradient), slot, learning_rate)
         self.assign(variable, new_w)
         if slot is not None:
             self.assign(slot, new_v)
@@ -318,15 +318,10 @@ class LARS(keras.optimizers.Optimizer):
         return super().from_config(config, custom_objects=custom_objects)
 
 
-def _check_float(argument, value, accepted, ok):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
-        raise ValueError(f"`{argument}` must be {accepted}. Received: {argument}={value!r}")
-
-
 def _check_learning_rate(learning_rate):
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule) or callable(learning_rate):
         return learning_rate
-    _check_float(
+    check_number(
         "learning_rate",
         learning_rate,
         "a float >= 0, a keras.optimizers.schedules.LearningRateSchedule or a callable",

@@ -1,9 +1,9 @@
 """Learning-rate schedules for large-batch training with LARS."""
 
-import numbers
-
 import keras
 from keras import ops
+
+from keras_lars._validation import check_number
 
 __all__ = ["WarmupPolynomialDecay", "linear_scaled_learning_rate"]
 
@@ -28,8 +28,7 @@ def linear_scaled_learning_rate(base_learning_rate, global_batch_size, base_batc
         ("global_batch_size", global_batch_size),
         ("base_batch_size", base_batch_size),
     ):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
-            raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
+        check_number(name, value, "a number > 0", lambda x: x > 0)
     return float(base_learning_rate) * global_batch_size / base_batch_size
 
 
@@ -72,15 +71,16 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
         power=2.0,
         name=None,
     ):
-        _check("base_learning_rate", base_learning_rate, "a float > 0", lambda x: x > 0)
-        _check("end_learning_rate", end_learning_rate, "a float >= 0", lambda x: x >= 0)
-        _check("power", power, "a float > 0", lambda x: x > 0)
-        _check_int("train_steps", train_steps, "an int >= 1", lambda x: x >= 1)
-        _check_int(
+        check_number("base_learning_rate", base_learning_rate, "a float > 0", lambda x: x > 0)
+        check_number("end_learning_rate", end_learning_rate, "a float >= 0", lambda x: x >= 0)
+        check_number("power", power, "a float > 0", lambda x: x > 0)
+        check_number("train_steps", train_steps, "an int >= 1", lambda x: x >= 1, integral=True)
+        check_number(
             "warmup_steps",
             warmup_steps,
             f"an int in [0, train_steps={train_steps}]",
             lambda x: 0 <= x <= train_steps,
+            integral=True,
         )
         self.base_learning_rate = float(base_learning_rate)
         self.warmup_steps = int(warmup_steps)
@@ -114,13 +114,3 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
             "power": self.power,
             "name": self.name,
         }
-
-
-def _check(name, value, accepted, ok):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value):
-        raise ValueError(f"`{name}` must be {accepted}. Received: {name}={value!r}")
-
-
-def _check_int(name, value, accepted, ok):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not ok(value):
-        raise ValueError(f"`{name}` must be {accepted}. Received: {name}={value!r}")

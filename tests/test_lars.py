@@ -387,3 +387,24 @@ def test_base_class_arguments_keep_working():
     average = optimizer._model_variables_moving_average[0].numpy()
     np.testing.assert_allclose(average, 0.5 * first + 0.5 * variable.numpy(), rtol=1e-6)
     np.testing.assert_allclose(variable.numpy(), plain(grads[:2]), rtol=1e-6)
+
+
+def test_sparse_embedding_gradients_match_dense():
+    import tensorflow as tf
+
+    def run(densify, jit_compile):
+        keras.utils.set_random_seed(0)
+        layer = keras.layers.Embedding(10, 4)
+        layer.build((None, 3))
+        optimizer = LARS(1.0, exclude_from_weight_decay=[], jit_compile=jit_compile)
+        for ids in ([[1, 2, 3]], [[3, 4, 4]]):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(np.array(ids)) ** 2)
+            (grad,) = tape.gradient(loss, layer.trainable_variables)
+            assert isinstance(grad, tf.IndexedSlices)
+            optimizer.apply([tf.convert_to_tensor(grad) if densify else grad], layer.trainable_variables)
+        return layer.embeddings.numpy()
+
+    dense = run(True, False)
+    for jit_compile in (True, False):
+        np.testing.assert_allclose(run(False, jit_compile), dense, rtol=1e-6)

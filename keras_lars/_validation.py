@@ -1,0 +1,11 @@
+"""Argument checks shared by the optimizers and schedules."""
+
+import numbers
+
+
+def check_number(name, value, accepted, ok, integral=False):
+    """Raises ValueError naming `name`, `value` and what is `accepted` unless
+    `value` is a real (or, with `integral`, an integer) number with `ok(value)`."""
+    kind = numbers.Integral if integral else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
+        raise ValueError(f"`{name}` must be {accepted}. Received: {name}={value!r}")
