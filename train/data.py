@@ -129,10 +129,12 @@ def make_datasets(name, global_batch_size, data_dir=None, manual_dir=None, image
         `eval_examples`, `eval_split`.
     """
     builder = get_builder(name, data_dir, manual_dir)
+    shape = builder.info.features["image"].shape
+    if image_size is None and None in shape[:2]:
+        raise ValueError(f"{name}'s images vary in size ({shape}): pass an --image-size (e.g. 224).")
     splits = builder.info.splits
     eval_split = "validation" if "validation" in splits else "test"
     preprocess = _preprocess(name, image_size)
-    shape = builder.info.features["image"].shape
     input_shape = (image_size or shape[0], image_size or shape[1], shape[2])
     options = tf.data.Options()
     options.deterministic = True
