@@ -223,7 +223,8 @@ class LARS(keras.optimizers.Optimizer):
         self._update_fns = {}
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
-        """Adds exclusions (Keras's method, kept for compatibility).
+        """Adds exclusions to the current rules, the default included
+        (Keras's method, kept for compatibility).
 
         `var_list`: variables; `var_names`: regexes searched in
         `variable.path`. Must be called before `build`. When
@@ -237,8 +238,6 @@ class LARS(keras.optimizers.Optimizer):
                 "`exclude_from_weight_decay()` must be called before the "
                 "optimizer is built (before the first step)."
             )
-        if self._decay_rules.is_default:
-            self._decay_rules.rules = []
         self._decay_rules.add(list(var_list or []) + list(var_names or []))
 
     def build(self, variables):

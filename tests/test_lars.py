@@ -208,6 +208,12 @@ def test_keras_exclude_from_weight_decay_method():
     flags = _flags(optimizer, model)
     assert flags["out/kernel"] == (False, False)
     assert flags["hidden/kernel"] == (True, True)
+    assert flags["out/bias"] == (False, False)  # the default rule still holds
+    # Serialized with the default rule made explicit; restores the same rules.
+    restored = LARS.from_config(optimizer.get_config())
+    fresh = _dense_model()
+    restored.build(fresh.trainable_variables)
+    assert _flags(restored, fresh) == flags
     with pytest.raises(ValueError, match="before the optimizer is built"):
         optimizer.exclude_from_weight_decay(var_names=["x"])
 
