@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_lars._validation import check_number
-from keras_lars._xla import dense_gradient, maybe_jit
+from keras_lars._backend import dense_gradient, maybe_jit
 from keras_lars.exclusions import ExclusionRules
 
 TRUST_RATIO_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
