@@ -1,8 +1,20 @@
 """Layer-wise adaptive large-batch optimizers for Keras 3."""
 
-from keras_lars import schedules
+from keras_lars import per_example_norms, schedules
+from keras_lars.clars import CLARS
 from keras_lars.exclusions import ExclusionRules, is_rank_at_most_1
 from keras_lars.lars import LARS
+from keras_lars.taps import PerExampleNorms, attach_per_example_norms, per_example_gradient_norms
 
 __version__ = "0.1.0"
-__all__ = ["LARS", "ExclusionRules", "is_rank_at_most_1", "schedules"]
+__all__ = [
+    "CLARS",
+    "ExclusionRules",
+    "LARS",
+    "PerExampleNorms",
+    "attach_per_example_norms",
+    "is_rank_at_most_1",
+    "per_example_gradient_norms",
+    "per_example_norms",
+    "schedules",
+]

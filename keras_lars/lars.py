@@ -26,6 +26,7 @@ def lars_update(
     g,
     v,
     learning_rate,
+    gradient_norm=None,
     *,
     momentum,
     eta,
@@ -44,6 +45,10 @@ def lars_update(
         v: the momentum slot (same shape and dtype as `w`), or None when
             `momentum == 0`.
         learning_rate: the global learning rate gamma_t, a scalar.
+        gradient_norm: None (LARS: the trust ratio uses ||g||) or a float32
+            scalar that replaces ||g|| in it (CLARS: n_k, the mean of the
+            per-example gradient norms, Eq. 5 of Huo et al.); then
+            `denominator` must be "sum_of_norms".
         momentum, eta, weight_decay, epsilon: Python floats (see `LARS`);
             `weight_decay` is 0 for a variable excluded from decay.
         adapt: Python bool, False for a variable excluded from adaptation.
@@ -60,13 +65,16 @@ def lars_update(
     decayed = g32 + weight_decay * w32 if weight_decay else g32
     if adapt:
         w_norm = _norm(w32)
-        if denominator == "sum_of_norms":
+        if gradient_norm is not None:
+            g_norm = ops.cast(gradient_norm, dtype)
+            denom = g_norm + weight_decay * w_norm + epsilon
+        elif denominator == "sum_of_norms":
             g_norm = _norm(g32)
             denom = g_norm + weight_decay * w_norm + epsilon
         else:
             g_norm = _norm(decayed)
             denom = g_norm + epsilon
-        # Guard: ||w|| == 0 (zero-initialised) or ||g|| == 0 gives lambda = 1.
+        # Guard: ||w|| == 0 (zero-initialised) or ||g|| == 0 (n_k == 0) gives lambda = 1.
         usable = ops.logical_and(w_norm > 0, g_norm > 0)
         ratio = ops.where(usable, eta * w_norm / ops.where(usable, denom, 1.0), 1.0)
         if trust_clip:
@@ -247,14 +255,14 @@ class LARS(keras.optimizers.Optimizer):
         self.momentums = []
         if self.momentum != 0:
             self.momentums = self.add_optimizer_variables(variables, "momentum")
-        decay_excluded = self._decay_rules.resolve(variables)
-        adapt_excluded = (
-            decay_excluded
-            if self._adaptation_follows_decay
-            else self._adaptation_rules.resolve(variables)
-        )
-        self._uses_decay = [not x for x in decay_excluded]
-        self._adapts = [not x for x in adapt_excluded]
+        self._uses_decay = [not x for x in self._decay_rules.resolve(variables)]
+        self._adapts = self.adapts(variables)
+
+    def adapts(self, variables):
+        """For each of `variables`, whether its learning rate is adapted (not
+        excluded from layer adaptation by the rules). A list of bools."""
+        rules = self._decay_rules if self._adaptation_follows_decay else self._adaptation_rules
+        return [not x for x in rules.resolve(variables)]
 
     def _apply_weight_decay(self, variables):
         # Weight decay is coupled and applied in `update_step`.
@@ -280,11 +288,19 @@ class LARS(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
         slot = self.momentums[index] if self.momentums else None
-        fn = self._update_fn(self._adapts[index], self._uses_decay[index])
-        new_w, new_v = fn(variable, dense_gradient(gradient), slot, learning_rate)
+        adapt = self._adapts[index]
+        fn = self._update_fn(adapt, self._uses_decay[index])
+        gradient_norm = self._trust_ratio_gradient_norm(index) if adapt else None
+        new_w, new_v = fn(variable, dense_gradient(gradient), slot, learning_rate, gradient_norm)
         self.assign(variable, new_w)
         if slot is not None:
             self.assign(slot, new_v)
+
+    def _trust_ratio_gradient_norm(self, index):
+        """The norm standing for ||g|| in the trust ratio of variable `index`;
+        None means ||g|| itself. CLARS overrides this: it is the only place
+        the two optimizers differ."""
+        return None
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,148 @@
+"""Per-example squared gradient norms of Dense and convolution kernels from the
+layer input `a` and the output gradient `d`, without per-example backprop.
+
+For a layer whose pre-activation output is z_{i,t} = W^T p_{i,t} (+ b), with
+p_{i,t} the input (patch) of example i at output position t and
+d_{i,t} = dL/dz_{i,t}, example i's gradient is
+
+    G_i = sum_t p_{i,t} (x) d_{i,t},        grad_b_i = sum_t d_{i,t}.
+
+Two ways to get ||G_i||^2 (Li et al. 2021, arXiv:2110.05679; Bu et al. 2022,
+arXiv:2205.10683), chosen per layer from the shapes by `choose_method`:
+
+- "materialize": form G_i (B x kernel-size numbers) and sum its squares;
+  cost ~ T * K * C_in * C_out / groups multiply-adds per example.
+- "ghost": ||G_i||^2 = <P_i P_i^T, D_i D_i^T> with T x T Gram matrices;
+  cost ~ T^2 * (K * C_in + C_out). With T == 1 (a Dense layer on a flat
+  input) it is Goodfellow's ||a_i||^2 ||d_i||^2 (arXiv:1510.01799).
+
+T: output positions per example, K: kernel positions. Everything is computed
+in float32 (float64 inputs stay float64). Plain tensor code: `keras.ops` and
+numpy-style strided slicing.
+"""
+
+import itertools
+import math
+
+from keras import ops
+
+METHODS = ("auto", "ghost", "materialize")
+
+
+def _float(x):
+    return x if x.dtype == "float64" else ops.cast(x, "float32")
+
+
+def choose_method(method, positions, kernel_positions, in_channels, out_channels, groups=1):
+    """"ghost" or "materialize": the one with fewer multiply-adds per example.
+
+    Args:
+        method: one of `METHODS`; "auto" decides, the others are returned as is.
+        positions: T, output positions per example (1 for a flat Dense input).
+        kernel_positions: K, the product of the kernel's spatial sizes (1 for Dense).
+        in_channels, out_channels, groups: the layer's (C_in, C_out, groups).
+    """
+    if method != "auto":
+        return method
+    materialize = positions * kernel_positions * in_channels * out_channels / groups
+    ghost = positions * positions * (kernel_positions * in_channels + out_channels)
+    return "ghost" if ghost < materialize else "materialize"
+
+
+def dense_squared_norms(a, d, method="auto"):
+    """Per-example squared norms of a Dense layer's kernel and bias gradients.
+
+    Args:
+        a: the layer input, shape (B, ..., C_in); extra axes (sequence
+            positions) are summed over in G_i.
+        d: dL/dz for the pre-activation output z = a @ kernel, (B, ..., C_out).
+        method: one of `METHODS`.
+
+    Returns:
+        `(kernel, bias)`: two float32 tensors of shape (B,).
+    """
+    a, d = _float(a), _float(d)
+    c_in, c_out = a.shape[-1], d.shape[-1]
+    positions = math.prod(a.shape[1:-1])
+    a = ops.reshape(a, (-1, positions, c_in))
+    d = ops.reshape(d, (-1, positions, c_out))
+    bias = ops.sum(ops.square(ops.sum(d, axis=1)), axis=-1)
+    if positions == 1:
+        kernel = ops.sum(ops.square(a), axis=(1, 2)) * ops.sum(ops.square(d), axis=(1, 2))
+    elif choose_method(method, positions, 1, c_in, c_out) == "ghost":
+        gram_a = ops.einsum("bti,bsi->bts", a, a)
+        gram_d = ops.einsum("bto,bso->bts", d, d)
+        kernel = ops.sum(gram_a * gram_d, axis=(1, 2))
+    else:
+        kernel = ops.sum(ops.square(ops.einsum("bti,bto->bio", a, d)), axis=(1, 2))
+    return kernel, bias
+
+
+def _pads(in_size, out_size, kernel, stride, dilation, padding):
+    reach = (out_size - 1) * stride + (kernel - 1) * dilation + 1
+    if padding == "valid":
+        before = 0
+    elif padding == "same":
+        before = max(reach - in_size, 0) // 2
+    elif padding == "causal":
+        before = (kernel - 1) * dilation
+    else:
+        raise ValueError(f"Unknown padding {padding!r}; expected 'valid', 'same' or 'causal'.")
+    return before, max(reach - in_size - before, 0)
+
+
+def conv_squared_norms(a, d, kernel_size, strides, dilation_rate, padding, groups=1, method="auto"):
+    """Per-example squared norms of a convolution's kernel and bias gradients.
+
+    Covers Conv1D/2D/3D (any stride, padding, dilation, groups) and depthwise
+    convolutions (groups = C_in, C_out = C_in * depth_multiplier, output
+    channel c * multiplier + m reading input channel c), channels-last.
+
+    Args:
+        a: the layer input, shape (B, *spatial_in, C_in), static spatial sizes.
+        d: dL/dz for the convolution output z (before the bias),
+            shape (B, *spatial_out, C_out).
+        kernel_size, strides, dilation_rate: tuples of ints, one per spatial axis.
+        padding: "valid", "same" (TensorFlow's: the extra pixel goes after)
+            or "causal" (1-D: all padding before).
+        groups: channel groups; C_in and C_out are divisible by it.
+        method: one of `METHODS`.
+
+    Returns:
+        `(kernel, bias)`: two float32 tensors of shape (B,).
+    """
+    a, d = _float(a), _float(d)
+    rank = len(kernel_size)
+    c_in, c_out = a.shape[-1], d.shape[-1]
+    spatial_in, spatial_out = a.shape[1:-1], d.shape[1:-1]
+    if None in spatial_in or None in spatial_out:
+        raise ValueError(
+            f"Per-example norms of a convolution need static spatial sizes; got input "
+            f"{tuple(a.shape)} and output {tuple(d.shape)}."
+        )
+    pads = [
+        _pads(spatial_in[j], spatial_out[j], kernel_size[j], strides[j], dilation_rate[j], padding)
+        for j in range(rank)
+    ]
+    if any(p != (0, 0) for p in pads):
+        a = ops.pad(a, [(0, 0)] + pads + [(0, 0)])
+    positions = math.prod(spatial_out)
+    d_groups = ops.reshape(d, (-1, positions, groups, c_out // groups))
+    bias = ops.sum(ops.square(ops.sum(d, axis=tuple(range(1, rank + 1)))), axis=-1)
+    ghost = choose_method(method, positions, math.prod(kernel_size), c_in, c_out, groups) == "ghost"
+    total = None
+    for offset in itertools.product(*(range(k) for k in kernel_size)):
+        window = tuple(
+            slice(o * dil, o * dil + (n - 1) * s + 1, s)
+            for o, dil, n, s in zip(offset, dilation_rate, spatial_out, strides)
+        )
+        patch = ops.reshape(a[(slice(None),) + window], (-1, positions, groups, c_in // groups))
+        if ghost:
+            term = ops.einsum("btgc,bsgc->bgts", patch, patch)
+        else:
+            term = ops.sum(ops.square(ops.einsum("btgc,btgo->bgco", patch, d_groups)), axis=(1, 2, 3))
+        total = term if total is None else total + term
+    if ghost:
+        gram_d = ops.einsum("btgo,bsgo->bgts", d_groups, d_groups)
+        total = ops.sum(total * gram_d, axis=(1, 2, 3))
+    return total, bias
