@@ -58,19 +58,30 @@ def _current_graph():
 def _visible(graph, current):
     # A sum recorded in an enclosing graph (the train step) is usable inside a
     # nested one (a cond branch around `apply`, e.g. loss scaling).
+    if graph is None:
+        return current is None
     while current is not None:
         if current is graph:
             return True
         current = getattr(current, "outer_graph", None)
-    return graph is None
+    return False
 
 
-def _record(variable, tap_id, value):
+def _forget(variables):
+    # A new forward call of a layer makes the sums of earlier ones obsolete
+    # (gradients computed without an `apply`, an earlier trace).
+    table = getattr(_records, "table", None)
+    if table:
+        for variable in variables:
+            table.pop(id(variable), None)
+
+
+def _record(variable, call, value):
     table = getattr(_records, "table", None)
     if table is None:
         table = _records.table = {}
-    entries = [e for e in table.get(id(variable), []) if e[1] != tap_id]
-    table[id(variable)] = entries + [(_current_graph(), tap_id, value)]
+    entries = [e for e in table.get(id(variable), []) if e[1] != call]
+    table[id(variable)] = entries + [(_current_graph(), call, value)]
 
 
 def take_norm_sums(variables):
@@ -126,11 +137,12 @@ def all_reduce_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-def _tap(z, on_gradient):
+def _tap(z, variables, on_gradient):
     """Identity on z whose gradient function calls `on_gradient(dL/dz, call)`;
     `call` identifies this forward call (a shared layer has several)."""
     import tensorflow as tf
 
+    _forget(variables)
     call = next(_call_ids)
 
     @tf.custom_gradient
@@ -204,7 +216,7 @@ class _LayerTap:
     def _dense_call(self, inputs, training=None):
         layer = self.layer
         x = ops.matmul(inputs, layer.kernel)
-        x = _tap(x, lambda d, call: self._record_squared(call, *self._dense_norms(inputs, d)))
+        x = _tap(x, self.variables, lambda d, call: self._record_squared(call, *self._dense_norms(inputs, d)))
         if layer.bias is not None:
             x = ops.add(x, layer.bias)
         return layer.activation(x) if layer.activation is not None else x
@@ -223,7 +235,7 @@ class _LayerTap:
             )
         else:
             x = layer.convolution_op(inputs, layer.kernel)
-        x = _tap(x, lambda d, call: self._record_squared(call, *self._conv_norms(inputs, d, layer.groups)))
+        x = _tap(x, self.variables, lambda d, call: self._record_squared(call, *self._conv_norms(inputs, d, layer.groups)))
         return self._bias_and_activation(x)
 
     def _depthwise_call(self, inputs):
@@ -237,7 +249,7 @@ class _LayerTap:
             data_format=layer.data_format,
         )
         channels = inputs.shape[-1 if layer.data_format == "channels_last" else 1]
-        x = _tap(x, lambda d, call: self._record_squared(call, *self._conv_norms(inputs, d, channels)))
+        x = _tap(x, self.variables, lambda d, call: self._record_squared(call, *self._conv_norms(inputs, d, channels)))
         return self._bias_and_activation(x)
 
     def _bias_and_activation(self, x):
@@ -256,7 +268,7 @@ class _LayerTap:
                 f"The vectorized per-example fallback needs layer {self.layer.name!r} "
                 f"({type(self.layer).__name__}) to take one tensor input and return one tensor."
             )
-        return _tap(outputs, lambda dy, call: self._record_vectorized(call, args[0], kwargs, dy))
+        return _tap(outputs, self.variables, lambda dy, call: self._record_vectorized(call, args[0], kwargs, dy))
 
     # Norms.
 
@@ -293,7 +305,6 @@ class _LayerTap:
         def one_example(example):
             a_i, dy_i = example
             with tf.GradientTape() as tape:
-                tape.watch(variables)
                 y_i = self._original_call(a_i[None], **kwargs)
             grads = tape.gradient(y_i, variables, output_gradients=dy_i[None])
             return tf.stack([tf.reduce_sum(tf.square(tf.cast(g, "float32"))) for g in grads])

@@ -6,6 +6,9 @@ You, Gitman & Ginsburg (2017), Algorithm 1 with Eq. 6:
 plus the variants the optimizer offers (epsilon, Nesterov, the
 ||g + beta w|| denominator of Model Garden/optax, LARC clipping) and the
 zero-norm guard (lambda = 1).
+
+CLARS (Huo, Gu & Huang 2021, Eq. 5): pass `gradient_norm` = n_k, the mean of
+the per-example gradient norms, which replaces ||g|| in the denominator.
 """
 
 import numpy as np
@@ -17,9 +20,12 @@ class NumpyLARS:
         self.m, self.beta, self.eta, self.eps = momentum, weight_decay, eta, epsilon
         self.nesterov, self.denominator, self.trust_clip = nesterov, denominator, trust_clip
 
-    def trust_ratio(self, w, g, lr, beta):
+    def trust_ratio(self, w, g, lr, beta, gradient_norm=None):
         w_norm = np.linalg.norm(w.ravel())
-        if self.denominator == "sum_of_norms":
+        if gradient_norm is not None:
+            g_norm = gradient_norm
+            denom = g_norm + beta * w_norm + self.eps
+        elif self.denominator == "sum_of_norms":
             g_norm = np.linalg.norm(g.ravel())
             denom = g_norm + beta * w_norm + self.eps
         else:
@@ -30,11 +36,12 @@ class NumpyLARS:
             ratio = min(ratio / lr, 1.0) if lr > 0 else 1.0
         return ratio
 
-    def step(self, w, v, g, lr, adapt=True, decay=True):
-        """Returns (w, v) after one step; v is None when momentum is 0."""
+    def step(self, w, v, g, lr, adapt=True, decay=True, gradient_norm=None):
+        """Returns (w, v) after one step; v is None when momentum is 0.
+        `gradient_norm`: CLARS's n_k (None: LARS, ||g||)."""
         w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
         beta = self.beta if decay else 0.0
-        ratio = self.trust_ratio(w, g, lr, beta) if adapt else 1.0
+        ratio = self.trust_ratio(w, g, lr, beta, gradient_norm) if adapt else 1.0
         scaled = lr * ratio * (g + beta * w)
         if v is None:
             return w - scaled, None

@@ -1,0 +1,203 @@
+"""Per-example gradient norms against brute force: each example alone through
+its own tape.gradient, one example at a time."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_lars
+from keras_lars.per_example_norms import choose_method
+
+L = keras.layers
+B = 6
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def brute_force_mean_norms(model, x, y, variables, training=True, count=None):
+    """(1/B) sum_i ||grad f_i||, with f_i example i's loss computed alone."""
+    count = count or len(x)
+    total = np.zeros(len(variables))
+    for i in range(count):
+        with tf.GradientTape() as tape:
+            loss = _loss()(y[i : i + 1], model(x[i : i + 1], training=training))
+        total += [np.linalg.norm(g.numpy()) for g in tape.gradient(loss, variables)]
+    return total / count
+
+
+def _model(input_shape, *layers):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    x = L.Flatten()(x) if len(x.shape) > 2 else x
+    return keras.Model(inputs, L.Dense(4, name="head")(x))
+
+
+# Every supported layer type with its options; "head" (Dense on flat input) is in all.
+CASES = {
+    "dense_flat": ((7,), lambda: [L.Dense(5, activation="tanh")]),
+    "dense_sequence": ((5, 3), lambda: [L.Dense(6, activation="relu")]),
+    "conv1d_causal_dilated": ((10, 3), lambda: [L.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="tanh")]),
+    "conv1d_strided_same": ((11, 3), lambda: [L.Conv1D(4, 4, strides=3, padding="same")]),
+    "conv2d_strided_same_groups": ((9, 9, 4), lambda: [L.Conv2D(6, 3, strides=2, padding="same", groups=2, activation="relu")]),
+    "conv2d_dilated_valid": ((9, 8, 3), lambda: [L.Conv2D(4, (3, 2), dilation_rate=(2, 1))]),
+    "conv3d": ((5, 5, 5, 2), lambda: [L.Conv3D(3, 2, strides=2, padding="same", activation="relu")]),
+    "depthwise2d": ((7, 7, 3), lambda: [L.DepthwiseConv2D(3, strides=2, depth_multiplier=2, padding="same", activation="tanh")]),
+    "depthwise1d": ((9, 3), lambda: [L.DepthwiseConv1D(3, dilation_rate=2, depth_multiplier=2)]),
+    "no_bias_stack": ((8, 8, 3), lambda: [L.Conv2D(4, 3, use_bias=False, activation="relu"), L.Conv2D(4, 1, strides=2)]),
+}
+
+
+@pytest.mark.parametrize("method", ["auto", "ghost", "materialize"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_norms_match_brute_force(case, method):
+    shape, layers = CASES[case]
+    model = _model(shape, *layers())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(B,) + shape).astype("float32")
+    y = rng.integers(0, 4, size=B)
+    variables = model.trainable_variables  # kernels and biases alike
+    norms, grads, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables, method=method)
+    expected = brute_force_mean_norms(model, x, y, variables)
+    np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
+    # Triangle inequality: the mean of norms bounds the norm of the mean.
+    for n, g in zip(norms, grads):
+        assert float(n) >= np.linalg.norm(g.numpy()) * (1 - 1e-6)
+
+
+def test_norms_inside_tf_function_match_eager():
+    shape, layers = CASES["conv2d_strided_same_groups"]
+    model = _model(shape, *layers())
+    x = np.random.default_rng(1).normal(size=(B,) + shape).astype("float32")
+    y = np.arange(B) % 4
+    eager, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss())
+    graph, _, _ = tf.function(lambda: keras_lars.per_example_gradient_norms(model, x, y, _loss()))()
+    np.testing.assert_allclose([float(n) for n in graph], [float(n) for n in eager], rtol=1e-5)
+
+
+def test_batchnorm_in_inference_mode_matches_brute_force():
+    model = _model((8, 8, 3), L.Conv2D(4, 3, use_bias=False), L.BatchNormalization(), L.ReLU())
+    bn = model.layers[2]
+    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 4))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 4))
+    x = np.random.default_rng(2).normal(size=(B, 8, 8, 3)).astype("float32")
+    y = np.arange(B) % 4
+    variables = [v for v in model.trainable_variables if len(v.shape) >= 2]
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables, training=False)
+    expected = brute_force_mean_norms(model, x, y, variables, training=False)
+    np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
+
+
+def test_batchnorm_in_training_mode_gives_per_example_contributions():
+    # Examples are coupled through the batch statistics: the norms are those of
+    # a_i (x) d_i with d from the batch loss, checked here by a per-example
+    # jacobian of the batch loss's kernel gradient contributions.
+    model = _model((6, 6, 2), L.Conv2D(3, 3, use_bias=False, name="conv"), L.BatchNormalization(), L.ReLU())
+    x = np.random.default_rng(3).normal(size=(B, 6, 6, 2)).astype("float32")
+    y = np.arange(B) % 4
+    conv = model.get_layer("conv")
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), [conv.kernel], training=True)
+    # Reference: the kernel is applied to each example through its own copy,
+    # so d(batch loss)/d(copy_i) is example i's contribution.
+    copies = tf.Variable(tf.repeat(conv.kernel.value[None], B, axis=0))
+    original_call = conv.call
+    conv.call = lambda inputs: tf.vectorized_map(
+        lambda pair: tf.nn.conv2d(pair[0][None], pair[1], 1, "VALID")[0], (inputs, copies)
+    )
+    try:
+        with tf.GradientTape() as tape:
+            loss = _loss()(y, model(x, training=True))
+        per_example = tape.gradient(loss, copies).numpy()
+    finally:
+        conv.call = original_call
+        del conv.__dict__["call"]
+    expected = np.linalg.norm(per_example.reshape(B, -1), axis=1).sum()
+    np.testing.assert_allclose(float(norms[0]), expected, rtol=1e-5)
+
+
+def test_sub_batch_estimate_uses_the_first_examples():
+    shape, layers = CASES["conv2d_dilated_valid"]
+    model = _model(shape, *layers())
+    x = np.random.default_rng(4).normal(size=(8,) + shape).astype("float32")
+    y = np.arange(8) % 4
+    variables = model.trainable_variables
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables, sub_batch_size=3)
+    # (B / |J|) * sum_{j<3} ||grad f_j|| / B = the mean over the first 3 examples.
+    expected = brute_force_mean_norms(model, x, y, variables, count=3)
+    np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
+
+
+def test_unsupported_layer_is_named_unless_vectorized_fallback():
+    model = _model((5, 3), L.Dense(6), L.LayerNormalization(name="ln"))
+    x = np.random.default_rng(5).normal(size=(B, 5, 3)).astype("float32")
+    y = np.arange(B) % 4
+    variables = model.trainable_variables
+    with pytest.raises(ValueError, match=r"'ln/gamma' of layer 'ln' \(LayerNormalization\)"):
+        keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables)
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables, unsupported_layers="vectorized")
+    np.testing.assert_allclose([float(n) for n in norms], brute_force_mean_norms(model, x, y, variables), rtol=1e-5)
+
+
+def test_subclass_overriding_call_is_not_tapped():
+    class ScaledDense(L.Dense):
+        def call(self, inputs):
+            return super().call(inputs) * 2.0
+
+    model = _model((4,), ScaledDense(3, name="scaled"))
+    with pytest.raises(ValueError, match=r"layer 'scaled' \(ScaledDense\)"):
+        keras_lars.attach_per_example_norms(model, model.trainable_variables)
+
+
+def test_shared_layer_called_twice_is_an_error():
+    keras.utils.set_random_seed(0)
+    shared = L.Dense(4, name="shared")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, shared(shared(inputs)))
+    x = np.ones((2, 4), "float32")
+    with pytest.raises(ValueError, match="ran 2 times"):
+        keras_lars.per_example_gradient_norms(model, x, np.array([0, 1]), _loss(), [shared.kernel])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "fast"}, "`method` must be one of"),
+        ({"sub_batch_size": 0}, "`sub_batch_size` must be None or an int >= 1"),
+        ({"unsupported_layers": "skip"}, "`unsupported_layers` must be one of"),
+    ],
+)
+def test_bad_options_are_rejected(kwargs, message):
+    model = _model((4,))
+    with pytest.raises(ValueError, match=message):
+        keras_lars.attach_per_example_norms(model, model.trainable_variables, **kwargs)
+
+
+def test_unbuilt_model_and_missing_optimizer_are_errors():
+    with pytest.raises(ValueError, match="is not built"):
+        keras_lars.attach_per_example_norms(keras.Sequential([L.Dense(2)]))
+    model = _model((4,))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="optimizer is not CLARS"):
+        keras_lars.attach_per_example_norms(model)
+
+
+def test_detach_restores_the_layers():
+    model = _model((4,), L.Dense(3))
+    before = type(model.layers[1]).call
+    handle = keras_lars.attach_per_example_norms(model, model.trainable_variables)
+    assert "call" in model.layers[1].__dict__
+    handle.detach()
+    assert "call" not in model.layers[1].__dict__ and type(model.layers[1]).call is before
+
+
+def test_method_choice_follows_the_cost_model():
+    # Late ResNet layer (7x7 output, 3x3 kernel, 512 channels): ghost is cheaper.
+    assert choose_method("auto", 49, 9, 512, 512) == "ghost"
+    # Early layer (28x28 output, 16 channels): materializing is cheaper.
+    assert choose_method("auto", 784, 9, 16, 16) == "materialize"
+    assert choose_method("ghost", 784, 9, 16, 16) == "ghost"
