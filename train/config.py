@@ -15,10 +15,10 @@ class TrainConfig:
     epochs: int = 10
     steps_per_epoch: int = 0
     base_learning_rate: float = 10.0
-    warmup_epochs: float = 2.0
+    warmup_epochs: float = None
     end_learning_rate: float = 1e-4
     weight_decay: float = 1e-4
-    eta: float = 0.001
+    eta: float = None
     momentum: float = 0.9
     label_smoothing: float = 0.0
     image_size: int = 0
@@ -30,6 +30,11 @@ class TrainConfig:
 
     def __post_init__(self):
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        # CLARS replaces warmup and uses eta 0.01 (Huo et al.'s ImageNet runs).
+        if self.warmup_epochs is None:
+            self.warmup_epochs = 0.0 if self.optimizer == "clars" else 2.0
+        if self.eta is None:
+            self.eta = 0.01 if self.optimizer == "clars" else 0.001
         _require(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size, "an int >= 1")
         _require(self.epochs >= 1, "epochs", self.epochs, "an int >= 1")
         _require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an int >= 0 (0: a full pass)")
@@ -44,23 +49,25 @@ class TrainConfig:
         _require(self.jit_compile in ("auto", "on", "off"), "jit_compile", self.jit_compile, "auto, on or off")
 
 
-OPTIMIZERS = ("lars", "sgd")
+OPTIMIZERS = ("lars", "clars", "sgd")
 
 _HELP = {
     "dataset": "TFDS dataset name: fashion_mnist (default; offline from Debian's dataset-fashion-mnist), "
     "cifar10, imagenet2012 (needs --manual-dir), ...",
     "model": "resnet50 (v1.5, as MLPerf) or a CIFAR-style ResNet by depth: resnet8, resnet20, resnet56, ...",
-    "optimizer": "lars (keras_lars.LARS) or sgd (Keras SGD with momentum, the baseline, with Keras's "
+    "optimizer": "lars (keras_lars.LARS), clars (keras_lars.CLARS: per-example gradient norms, no warmup "
+    "by default) or sgd (Keras SGD with momentum, the baseline, with Keras's "
     "decoupled weight decay w -= lr * wd * w); both use the same warmup + polynomial decay schedule",
     "global_batch_size": "examples per optimizer step, summed over all replicas",
     "epochs": "training epochs",
     "steps_per_epoch": "optimizer steps per epoch; 0 (default) is one full pass over the train split at the "
     "global batch (remainder dropped). The schedule's warmup and decay follow epochs of this length",
     "base_learning_rate": "peak learning rate reached at the end of warmup (MLPerf lars_opt_base_learning_rate)",
-    "warmup_epochs": "linear warmup length in epochs, may be fractional (lars_opt_learning_rate_warmup_epochs)",
+    "warmup_epochs": "linear warmup length in epochs, may be fractional (lars_opt_learning_rate_warmup_epochs); "
+    "default 2 for lars and sgd, 0 for clars",
     "end_learning_rate": "learning rate at the end of the polynomial (power 2) decay (lars_opt_end_learning_rate)",
     "weight_decay": "coupled weight decay beta (lars_opt_weight_decay); biases and BN parameters excluded",
-    "eta": "LARS trust coefficient",
+    "eta": "trust coefficient: default 0.001 for lars (and MLPerf), 0.01 for clars (Huo et al.)",
     "momentum": "momentum m (lars_opt_momentum)",
     "label_smoothing": "label smoothing of the cross-entropy loss",
     "image_size": "resize images to this square size in pixels; 0 keeps the dataset's size",

@@ -30,8 +30,9 @@ def build_optimizer(config, steps_per_epoch, trainable_variables):
         train_steps=train_steps,
         end_learning_rate=config.end_learning_rate,
     )
-    if config.optimizer == "lars":
-        return keras_lars.LARS(
+    if config.optimizer in ("lars", "clars"):
+        optimizer_cls = keras_lars.LARS if config.optimizer == "lars" else keras_lars.CLARS
+        return optimizer_cls(
             learning_rate=schedule,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
@@ -113,6 +114,8 @@ def run(config):
         metrics=[keras.metrics.CategoricalAccuracy(name="top1")],
         jit_compile=_use_xla(config.jit_compile),
     )
+    if config.optimizer == "clars":
+        keras_lars.attach_per_example_norms(model)
     num_classes = info["num_classes"]
     one_hot = lambda x, y: (x, tf.one_hot(y, num_classes))  # noqa: E731
     throughput = Throughput(config.global_batch_size)
