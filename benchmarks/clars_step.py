@@ -1,0 +1,126 @@
+"""CLARS train step vs LARS train step: time and peak memory (not a test).
+
+Both optimizers train identical models through `model.train_on_batch` (Keras's
+own compiled train step); CLARS's step also computes the per-example gradient
+norms (`keras_lars.attach_per_example_norms`). Steps are interleaved so that
+both see the same machine state; the medians are printed as CLARS / LARS
+ratios. Peak memory is TensorFlow's allocator peak during one step
+(`tf.config.experimental.get_memory_info`) above the memory in use before it.
+
+The last columns say where the extra time goes: the multiply-adds of the norm
+computation (per layer the cheaper of ghost norm and materialized per-example
+gradients) as a fraction of the model's forward + backward multiply-adds.
+
+    python benchmarks/clars_step.py [--rounds 7] [--with-224]
+"""
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_lars  # noqa: E402
+from keras_lars.per_example_norms import choose_method  # noqa: E402
+from train.models import build_model  # noqa: E402
+
+CONFIGS = {
+    "resnet20 28x28 b256": ("resnet20", (28, 28, 1), 10, 256),
+    "resnet50 64x64 b32": ("resnet50", (64, 64, 3), 1000, 32),
+    "resnet50 224x224 b32": ("resnet50", (224, 224, 3), 1000, 32),
+}
+
+
+def _model(name, input_shape, classes, optimizer, **attach):
+    keras.utils.set_random_seed(0)
+    model = build_model(name, classes, input_shape)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy())
+    if attach is not None and isinstance(optimizer, keras_lars.CLARS):
+        keras_lars.attach_per_example_norms(model, **attach)
+    return model
+
+
+def _peak_step_bytes(model, x, y):
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    model.train_on_batch(x, y)
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+
+
+def _cost_split(model, batch):
+    """(norm multiply-adds, forward+backward multiply-adds, ghost layers, materialized layers)."""
+    norms = model_macs = 0
+    methods = {"ghost": 0, "materialize": 0}
+    for layer in model._flatten_layers(include_self=False):
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            continue
+        out_shape = layer.output.shape
+        positions = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1
+        k = math.prod(getattr(layer, "kernel_size", (1,)))
+        c_in, c_out = layer.input.shape[-1], out_shape[-1]
+        method = choose_method("auto", positions, k, c_in, c_out)
+        methods[method] += 1
+        ghost = positions * positions * (k * c_in + c_out)
+        materialize = positions * k * c_in * c_out
+        norms += batch * (ghost if method == "ghost" else materialize)
+        model_macs += 3 * batch * positions * k * c_in * c_out  # forward + two backward products
+    return norms, model_macs, methods["ghost"], methods["materialize"]
+
+
+def bench(label, rounds):
+    name, input_shape, classes, batch = CONFIGS[label]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch,) + input_shape).astype("float32")
+    y = rng.integers(0, classes, size=batch)
+    contenders = {
+        "LARS": _model(name, input_shape, classes, keras_lars.LARS(learning_rate=0.1)),
+        "CLARS": _model(name, input_shape, classes, keras_lars.CLARS(learning_rate=0.1)),
+        f"CLARS |J|={batch // 4}": _model(
+            name, input_shape, classes, keras_lars.CLARS(learning_rate=0.1), sub_batch_size=batch // 4
+        ),
+    }
+    times = {k: [] for k in contenders}
+    for model in contenders.values():
+        model.train_on_batch(x, y)  # trace
+    memory = {k: _peak_step_bytes(m, x, y) for k, m in contenders.items()}
+    for _ in range(rounds):
+        for key, model in contenders.items():
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            times[key].append(time.perf_counter() - start)
+    lars_time = statistics.median(times["LARS"])
+    norm_macs, model_macs, ghost, materialized = _cost_split(contenders["LARS"], batch)
+    for key in contenders:
+        median = statistics.median(times[key])
+        print(
+            f"{label:22s} {key:14s} step {median * 1e3:8.1f} ms  time ratio {median / lars_time:5.2f}  "
+            f"peak step memory {memory[key] / 2**20:8.1f} MiB  ratio {memory[key] / memory['LARS']:5.2f}"
+        )
+    print(
+        f"{label:22s} norm multiply-adds / model fwd+bwd: {norm_macs / model_macs:.3f} "
+        f"({ghost} layers ghost, {materialized} materialized)"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--with-224", action="store_true", help="also ResNet-50 at 224x224 (minutes on 2 CPU cores)")
+    args = parser.parse_args()
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
+          f"{[d.name for d in tf.config.list_logical_devices()]}")
+    labels = list(CONFIGS)[:2] + (list(CONFIGS)[2:] if args.with_224 else [])
+    for label in labels:
+        bench(label, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
