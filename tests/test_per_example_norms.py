@@ -46,6 +46,7 @@ CASES = {
     "conv1d_strided_same": ((11, 3), lambda: [L.Conv1D(4, 4, strides=3, padding="same")]),
     "conv2d_strided_same_groups": ((9, 9, 4), lambda: [L.Conv2D(6, 3, strides=2, padding="same", groups=2, activation="relu")]),
     "conv2d_dilated_valid": ((9, 8, 3), lambda: [L.Conv2D(4, (3, 2), dilation_rate=(2, 1))]),
+    "conv2d_channels_first": ((3, 10, 12), lambda: [L.Conv2D(4, 3, strides=2, padding="same", data_format="channels_first")]),
     "conv3d": ((5, 5, 5, 2), lambda: [L.Conv3D(3, 2, strides=2, padding="same", activation="relu")]),
     "depthwise2d": ((7, 7, 3), lambda: [L.DepthwiseConv2D(3, strides=2, depth_multiplier=2, padding="same", activation="tanh")]),
     "depthwise1d": ((9, 3), lambda: [L.DepthwiseConv1D(3, dilation_rate=2, depth_multiplier=2)]),
