@@ -19,20 +19,30 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _model():
+def _layers():
+    return [
+        L.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="conv"),
+        L.Flatten(),
+        L.Dense(8, activation="tanh", name="hidden"),
+        L.Dense(5, name="head"),
+    ]
+
+
+def _model(kind="functional"):
     keras.utils.set_random_seed(1)
-    inputs = keras.Input((8, 8, 3))
-    x = L.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="conv")(inputs)
-    x = L.Flatten()(x)
-    x = L.Dense(8, activation="tanh", name="hidden")(x)
-    return keras.Model(inputs, L.Dense(5, name="head")(x))
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((8, 8, 3))] + _layers())
+    inputs = x = keras.Input((8, 8, 3))
+    for layer in _layers():
+        x = layer(x)
+    return keras.Model(inputs, x)
 
 
-def _compiled(optimizer, strategy=None, jit_compile=False):
+def _compiled(optimizer, strategy=None, jit_compile=False, kind="functional"):
     """`optimizer`: an optimizer, or a function making one (inside the strategy's scope)."""
     with (strategy or tf.distribute.get_strategy()).scope():
         optimizer = optimizer() if callable(optimizer) and not isinstance(optimizer, keras.optimizers.Optimizer) else optimizer
-        model = _model()
+        model = _model(kind)
         model.compile(optimizer=optimizer, loss=_loss(), jit_compile=jit_compile)
     if isinstance(getattr(optimizer, "inner_optimizer", optimizer), keras_lars.CLARS):
         keras_lars.attach_per_example_norms(model)
@@ -55,6 +65,7 @@ def _brute_force(model, x, y):
 @pytest.mark.parametrize(
     "options",
     [
+        {"weight_decay": 1e-3, "kind": "sequential"},
         {"weight_decay": 1e-3},
         {"weight_decay": 5e-3, "nesterov": True, "epsilon": 1e-4},
         {"weight_decay": 0.0, "momentum": 0.0, "exclude_from_layer_adaptation": []},
@@ -63,7 +74,9 @@ def _brute_force(model, x, y):
 )
 def test_matches_numpy_eq5_with_brute_force_norms(options):
     lr = 2.0
-    model = _compiled(keras_lars.CLARS(learning_rate=lr, eta=0.01, **options))
+    options = dict(options)
+    kind = options.pop("kind", "functional")
+    model = _compiled(keras_lars.CLARS(learning_rate=lr, eta=0.01, **options), kind=kind)
     reference = NumpyLARS(
         momentum=options.get("momentum", 0.9), weight_decay=options["weight_decay"], eta=0.01,
         epsilon=options.get("epsilon", 0.0), nesterov=options.get("nesterov", False),
