@@ -22,3 +22,14 @@ def fashion_mnist_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     get_builder("fashion_mnist", data_dir=data_dir)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One real 2-replica MirroredStrategy over the two logical CPUs, shared by
+    the tests: separate strategy objects in one process reuse collective
+    instance keys, and TensorFlow then mixes up their all-reduces."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    strategy = tf.distribute.MirroredStrategy(devices)
+    assert strategy.num_replicas_in_sync == 2
+    return strategy

@@ -130,11 +130,8 @@ def _assert_same_state(model, reference):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
 
 
-def test_two_replica_mirrored_strategy_matches_one_replica():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    mirrored = tf.distribute.MirroredStrategy(devices)
-    assert mirrored.num_replicas_in_sync == 2
-    two = _fit_weights(lambda: keras_lars.CLARS(learning_rate=1.0, weight_decay=1e-3), mirrored)
+def test_two_replica_mirrored_strategy_matches_one_replica(mirrored_strategy):
+    two = _fit_weights(lambda: keras_lars.CLARS(learning_rate=1.0, weight_decay=1e-3), mirrored_strategy)
     one = _fit_weights(keras_lars.CLARS(learning_rate=1.0, weight_decay=1e-3))
     _assert_same_state(two, one)
 

@@ -49,15 +49,13 @@ def _fit(strategy, x, y, global_batch):
     return [w.numpy() for w in model.trainable_weights], [m.numpy() for m in model.optimizer.momentums]
 
 
-def test_two_replica_mirrored_strategy_matches_one_replica():
+def test_two_replica_mirrored_strategy_matches_one_replica(mirrored_strategy):
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) >= 2, "conftest configures two logical CPU devices"
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8, 8, 3)).astype("float32")
     y = rng.integers(0, 5, size=(64,))
-    mirrored = tf.distribute.MirroredStrategy(devices[:2])
-    assert mirrored.num_replicas_in_sync == 2
-    two_w, two_m = _fit(mirrored, x, y, global_batch=16)
+    two_w, two_m = _fit(mirrored_strategy, x, y, global_batch=16)
     one_w, one_m = _fit(tf.distribute.OneDeviceStrategy(devices[0]), x, y, global_batch=16)
     initial = [w.numpy() for w in _conv_model().trainable_weights]
     for a, b, w0 in zip(two_w, one_w, initial):
