@@ -25,3 +25,4 @@ test: $(VENV)/.installed data
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/optimizer_apply.py
+	$(PY) benchmarks/clars_step.py
