@@ -92,36 +92,47 @@ class CLARS(LARS):
         )
 
     def apply(self, grads, trainable_variables=None):
+        """Keras's `apply`, preceded by collecting this step's per-example norm
+        sums (all-reduced across replicas, accumulated over micro-batches).
+
+        Raises:
+            ValueError: if the sums of an adapted variable with a gradient
+                were not computed in this step's backward pass; nothing is
+                updated then.
+        """
         grads = list(grads)
-        if trainable_variables is not None and not self.built:
+        if not grads or (trainable_variables is None and not self.built):
+            return super().apply(grads, trainable_variables)  # Keras's own checks
+        if not self.built:
             with keras.name_scope(self.name, caller=self):
                 self.build(list(trainable_variables))
             self.built = True
         variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
-        if len(grads) == 0:
-            return super().apply(grads, trainable_variables)
-        needed = [
-            v for v, g in zip(variables, grads) if g is not None and self._adapts[self._get_variable_index(v)]
-        ]
-        sums = taps.take_norm_sums(needed)
-        by_position = dict(
-            (self._norm_positions[self._get_variable_index(v)], s) for v, s in zip(needed, sums)
-        )
-        vector = ops.stack(
-            [by_position.get(p, ops.zeros((), "float32")) for p in range(len(self._norm_positions))]
-        ) if self._norm_positions else ops.zeros((0,), "float32")
-        self.per_example_norm_sums.assign_add(taps.all_reduce_sum(vector))
+        self._accumulate_norm_sums(grads, variables)
         super().apply(grads, trainable_variables)
+        self._reset_norm_sums_after_update()
+
+    def _accumulate_norm_sums(self, grads, variables):
+        indices = [self._get_variable_index(v) for v in variables]
+        needed = [(i, v) for i, v, g in zip(indices, variables, grads) if g is not None and self._adapts[i]]
+        sums = taps.take_norm_sums([v for _, v in needed])
+        by_position = {self._norm_positions[i]: s for (i, _), s in zip(needed, sums)}
+        if not self._norm_positions:
+            return
+        zero = ops.zeros((), "float32")
+        vector = ops.stack([by_position.get(p, zero) for p in range(len(self._norm_positions))])
+        self.per_example_norm_sums.assign_add(taps.all_reduce_sum(vector))
+
+    def _reset_norm_sums_after_update(self):
         steps = self.gradient_accumulation_steps or 1
+        zeros = ops.zeros_like(self.per_example_norm_sums)
         if steps == 1:
-            self.per_example_norm_sums.assign(ops.zeros_like(self.per_example_norm_sums))
-        else:
-            # `iterations` has advanced: a multiple of `steps` means the update
-            # just happened and used the accumulated sums.
-            applied = ops.equal(self._iterations % steps, 0)
-            self.per_example_norm_sums.assign(
-                ops.where(applied, ops.zeros_like(self.per_example_norm_sums), self.per_example_norm_sums)
-            )
+            self.per_example_norm_sums.assign(zeros)
+            return
+        # `iterations` has advanced: a multiple of `steps` means the update
+        # just happened and used the accumulated sums.
+        applied = ops.equal(self._iterations % steps, 0)
+        self.per_example_norm_sums.assign(ops.where(applied, zeros, self.per_example_norm_sums))
 
     def _trust_ratio_gradient_norm(self, index):
         # n_k = (sum over the steps' micro-batches of sum_i ||c_i||) / steps.
