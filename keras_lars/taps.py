@@ -34,7 +34,7 @@ from keras_lars.per_example_norms import METHODS, conv_squared_norms, dense_squa
 UNSUPPORTED_LAYER_POLICIES = ("error", "vectorized")
 
 # Norm sums recorded by gradient functions, per thread (tf.distribute runs each
-# replica in its own thread): {variable id: [(graph, tap id, sum), ...]}.
+# replica in its own thread): {variable id: [(graph, forward call id, sum), ...]}.
 _records = threading.local()
 # Active attachment per model (weak: attaching never keeps a model alive).
 _attachments = weakref.WeakKeyDictionary()
