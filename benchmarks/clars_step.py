@@ -43,7 +43,7 @@ def _model(name, input_shape, classes, optimizer, **attach):
     keras.utils.set_random_seed(0)
     model = build_model(name, classes, input_shape)
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy())
-    if attach is not None and isinstance(optimizer, keras_lars.CLARS):
+    if isinstance(optimizer, keras_lars.CLARS):
         keras_lars.attach_per_example_norms(model, **attach)
     return model
 
