@@ -125,6 +125,20 @@ def take_norm_sums(variables):
     return sums
 
 
+def put_norm_sums(variables, sums):
+    """Records sums returned by `take_norm_sums` from a nested function (an
+    XLA-compiled forward/backward pass) so that `CLARS.apply` in the enclosing
+    train step finds them.
+
+    Args:
+        variables: the `keras.Variable`s passed to `take_norm_sums`.
+        sums: the float32 scalars it returned, in the same order.
+    """
+    call = next(_call_ids)
+    for variable, value in zip(variables, sums):
+        _record(variable, call, value)
+
+
 def all_reduce_sum(value):
     """Sum over the replicas of the current replica context (identity outside one)."""
     if keras.backend.backend() != "tensorflow":

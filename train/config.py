@@ -1,100 +1,192 @@
-"""The trainer's configuration: one dataclass, parsed from flags in one place."""
+"""The trainer's configuration: one dataclass, parsed from flags in one place.
+
+Hyperparameters that the MLPerf ResNet rules log carry the MLPerf key as
+their name (`lars_opt_base_learning_rate`, ...). Those left unset (None) are
+resolved in `TrainConfig.__post_init__` from the global batch, as the MLPerf
+reference does (see `lars_defaults`).
+"""
 
 import argparse
 import dataclasses
 
+OPTIMIZERS = ("lars", "clars", "sgd")
+DISTRIBUTIONS = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+DTYPES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+SWITCHES = ("auto", "on", "off")
+
+
+def lars_defaults(global_batch_size):
+    """MLPerf reference defaults by global batch: (base LR, warmup epochs).
+
+    < 16K: (10, 5); < 32K: (25, 5); otherwise (31.2, 25). `global_batch_size`
+    is the effective batch of one optimizer step (after gradient accumulation).
+    """
+    if global_batch_size < 16384:
+        return 10.0, 5.0
+    if global_batch_size < 32768:
+        return 25.0, 5.0
+    return 31.2, 25.0
+
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Every hyperparameter of a run; written whole into the JSON summary."""
+    """Every setting of a run; written whole into the JSON summary."""
 
-    dataset: str = "fashion_mnist"
-    model: str = "resnet8"
+    dataset: str = "imagenet2012"
+    model: str = "resnet50"
     optimizer: str = "lars"
-    global_batch_size: int = 2048
-    epochs: int = 10
+    global_batch_size: int = 4096
+    gradient_accumulation_steps: int = 1
+    epochs: int = 41
     steps_per_epoch: int = 0
-    base_learning_rate: float = 10.0
-    warmup_epochs: float = None
-    end_learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    eta: float = None
-    momentum: float = 0.9
-    label_smoothing: float = 0.0
     image_size: int = 0
+    zero_init_residual: bool = False
+    label_smoothing: float = 0.1
+    lars_opt_base_learning_rate: float = None
+    lars_opt_learning_rate_warmup_epochs: float = None
+    lars_opt_end_learning_rate: float = 1e-4
+    lars_opt_learning_rate_decay_poly_power: float = 2.0
+    lars_opt_momentum: float = 0.9
+    lars_opt_weight_decay: float = 1e-4
+    lars_epsilon: float = 0.0
+    eta: float = None
+    eval_every_epochs: int = 4
+    eval_offset_epochs: int = 0
+    target_accuracy: float = 0.759
+    distribution: str = "auto"
+    cpu_devices: int = 1
+    dtype: str = "auto"
+    jit_compile: str = "auto"
+    checkpoint_every_steps: int = 0
+    input_benchmark_steps: int = 10
+    deterministic: bool = False
     data_dir: str = ""
     manual_dir: str = ""
     output_dir: str = "runs/default"
-    jit_compile: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
-        # CLARS replaces warmup and uses eta 0.01 (Huo et al.'s ImageNet runs).
-        if self.warmup_epochs is None:
-            self.warmup_epochs = 0.0 if self.optimizer == "clars" else 2.0
+        _require(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size, "an int >= 1")
+        _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps",
+                 self.gradient_accumulation_steps, "an int >= 1")
+        _require(self.global_batch_size % self.gradient_accumulation_steps == 0, "global_batch_size",
+                 self.global_batch_size,
+                 f"a multiple of --gradient-accumulation-steps ({self.gradient_accumulation_steps})")
+        base_lr, warmup = lars_defaults(self.global_batch_size)
+        if self.lars_opt_base_learning_rate is None:
+            self.lars_opt_base_learning_rate = base_lr
+        if self.lars_opt_learning_rate_warmup_epochs is None:
+            # CLARS replaces warmup (Huo et al.).
+            self.lars_opt_learning_rate_warmup_epochs = 0.0 if self.optimizer == "clars" else warmup
         if self.eta is None:
             self.eta = 0.01 if self.optimizer == "clars" else 0.001
-        _require(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size, "an int >= 1")
         _require(self.epochs >= 1, "epochs", self.epochs, "an int >= 1")
         _require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an int >= 0 (0: a full pass)")
-        _require(self.base_learning_rate > 0, "base_learning_rate", self.base_learning_rate, "a float > 0")
-        _require(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", self.warmup_epochs, "a float in [0, epochs]")
-        _require(self.end_learning_rate >= 0, "end_learning_rate", self.end_learning_rate, "a float >= 0")
-        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a float >= 0")
-        _require(self.eta > 0, "eta", self.eta, "a float > 0")
-        _require(0 <= self.momentum < 1, "momentum", self.momentum, "a float in [0, 1)")
+        _require(self.image_size >= 0, "image_size", self.image_size, "an int >= 0 (0: the dataset's own size)")
         _require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "a float in [0, 1)")
-        _require(self.image_size >= 0, "image_size", self.image_size, "an int >= 0 (0 keeps the dataset's size)")
-        _require(self.jit_compile in ("auto", "on", "off"), "jit_compile", self.jit_compile, "auto, on or off")
+        _require(self.lars_opt_base_learning_rate > 0, "lars_opt_base_learning_rate",
+                 self.lars_opt_base_learning_rate, "a float > 0")
+        _require(0 <= self.lars_opt_learning_rate_warmup_epochs <= self.epochs, "lars_opt_learning_rate_warmup_epochs",
+                 self.lars_opt_learning_rate_warmup_epochs, "a float in [0, epochs]")
+        _require(self.lars_opt_end_learning_rate >= 0, "lars_opt_end_learning_rate",
+                 self.lars_opt_end_learning_rate, "a float >= 0")
+        _require(self.lars_opt_learning_rate_decay_poly_power > 0, "lars_opt_learning_rate_decay_poly_power",
+                 self.lars_opt_learning_rate_decay_poly_power, "a float > 0")
+        _require(0 <= self.lars_opt_momentum < 1, "lars_opt_momentum", self.lars_opt_momentum, "a float in [0, 1)")
+        _require(self.lars_opt_weight_decay >= 0, "lars_opt_weight_decay", self.lars_opt_weight_decay, "a float >= 0")
+        _require(self.lars_epsilon >= 0, "lars_epsilon", self.lars_epsilon, "a float >= 0")
+        _require(self.eta > 0, "eta", self.eta, "a float > 0")
+        _require(self.eval_every_epochs >= 1, "eval_every_epochs", self.eval_every_epochs, "an int >= 1")
+        _require(0 <= self.eval_offset_epochs < self.eval_every_epochs, "eval_offset_epochs",
+                 self.eval_offset_epochs, f"an int in [0, --eval-every-epochs={self.eval_every_epochs})")
+        _require(0 < self.target_accuracy <= 1, "target_accuracy", self.target_accuracy, "a float in (0, 1]")
+        _require(self.distribution in DISTRIBUTIONS, "distribution", self.distribution, f"one of {DISTRIBUTIONS}")
+        _require(self.cpu_devices >= 1, "cpu_devices", self.cpu_devices, "an int >= 1")
+        _require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}")
+        _require(self.jit_compile in SWITCHES, "jit_compile", self.jit_compile, f"one of {SWITCHES}")
+        _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", self.checkpoint_every_steps,
+                 "an int >= 0 (0: at the end of each epoch only)")
+        _require(self.input_benchmark_steps >= 0, "input_benchmark_steps", self.input_benchmark_steps, "an int >= 0")
 
+    @property
+    def micro_batch_size(self):
+        """Examples per forward/backward pass over all replicas."""
+        return self.global_batch_size // self.gradient_accumulation_steps
 
-OPTIMIZERS = ("lars", "clars", "sgd")
+    def eval_due(self, epoch):
+        """Whether to evaluate after 1-based `epoch`: every `eval_every_epochs`
+        epochs shifted by `eval_offset_epochs`, and after the last."""
+        return (epoch - self.eval_offset_epochs) % self.eval_every_epochs == 0 or epoch == self.epochs
+
 
 _HELP = {
-    "dataset": "TFDS dataset name: fashion_mnist (default; offline from Debian's dataset-fashion-mnist), "
-    "cifar10, imagenet2012 (needs --manual-dir), ...",
+    "dataset": "TFDS dataset name: imagenet2012 (needs --manual-dir with the ILSVRC2012 tars), "
+    "fashion_mnist (offline from Debian's dataset-fashion-mnist), cifar10, ...",
     "model": "resnet50 (v1.5, as MLPerf) or a CIFAR-style ResNet by depth: resnet8, resnet20, resnet56, ...",
-    "optimizer": "lars (keras_lars.LARS), clars (keras_lars.CLARS: per-example gradient norms, no warmup "
-    "by default) or sgd (Keras SGD with momentum, the baseline, with Keras's "
-    "decoupled weight decay w -= lr * wd * w); both use the same warmup + polynomial decay schedule",
-    "global_batch_size": "examples per optimizer step, summed over all replicas",
-    "epochs": "training epochs",
-    "steps_per_epoch": "optimizer steps per epoch; 0 (default) is one full pass over the train split at the "
-    "global batch (remainder dropped). The schedule's warmup and decay follow epochs of this length",
-    "base_learning_rate": "peak learning rate reached at the end of warmup (MLPerf lars_opt_base_learning_rate)",
-    "warmup_epochs": "linear warmup length in epochs, may be fractional (lars_opt_learning_rate_warmup_epochs); "
-    "default 2 for lars and sgd, 0 for clars",
-    "end_learning_rate": "learning rate at the end of the polynomial (power 2) decay (lars_opt_end_learning_rate)",
-    "weight_decay": "coupled weight decay beta (lars_opt_weight_decay); biases and BN parameters excluded",
-    "eta": "trust coefficient: default 0.001 for lars (and MLPerf), 0.01 for clars (Huo et al.)",
-    "momentum": "momentum m (lars_opt_momentum)",
-    "label_smoothing": "label smoothing of the cross-entropy loss",
-    "image_size": "resize images to this square size in pixels; 0 keeps the dataset's size",
+    "optimizer": "lars (keras_lars.LARS), clars (keras_lars.CLARS: per-example gradient norms, no warmup by "
+    "default) or sgd (Keras SGD with momentum and decoupled weight decay, the baseline); all use the same "
+    "warmup + polynomial decay schedule",
+    "global_batch_size": "examples per optimizer step over all replicas and accumulated micro-batches "
+    "(MLPerf global_batch_size); sets the default base LR and warmup",
+    "gradient_accumulation_steps": "micro-batches of global_batch_size / N examples whose gradients are "
+    "averaged into one optimizer step (MLPerf gradient_accumulation_steps)",
+    "epochs": "training epochs (the schedule's length); training stops earlier at --target-accuracy",
+    "steps_per_epoch": "optimizer steps per epoch; 0 is one full pass over the train split at the global "
+    "batch (remainder dropped)",
+    "image_size": "square training/eval image size in pixels; 0: 224 for imagenet2012, else the dataset's",
+    "zero_init_residual": "initialise each ResNet-50 block's last BatchNorm gamma to 0 (Goyal et al. 2017)",
+    "label_smoothing": "label smoothing of the cross-entropy loss (MLPerf: 0 or 0.1)",
+    "lars_opt_base_learning_rate": "peak LR at the end of warmup; default by global batch: 10 below 16K, "
+    "25 below 32K, else 31.2",
+    "lars_opt_learning_rate_warmup_epochs": "linear warmup from 0, in epochs (may be fractional); default "
+    "5 (25 at 32K and above) for lars and sgd, 0 for clars",
+    "lars_opt_end_learning_rate": "LR at the end of the polynomial decay",
+    "lars_opt_learning_rate_decay_poly_power": "power of the polynomial decay",
+    "lars_opt_momentum": "momentum m",
+    "lars_opt_weight_decay": "coupled weight decay beta (MLPerf: 1e-4 * 2^N); biases and BN parameters excluded",
+    "lars_epsilon": "epsilon added to the trust-ratio denominator",
+    "eta": "trust coefficient: default 0.001 for lars (MLPerf), 0.01 for clars (Huo et al.)",
+    "eval_every_epochs": "epochs between evaluations on the whole eval split",
+    "eval_offset_epochs": "shifts the evaluations: after epochs e with (e - offset) %% every == 0",
+    "target_accuracy": "stop once eval top-1 reaches this (MLPerf ResNet: 0.759)",
+    "distribution": "tf.distribute strategy; auto: TPU if a TPU resolver finds one, else MirroredStrategy "
+    "over several GPUs, else the default strategy. multi_worker_mirrored reads TF_CONFIG",
+    "cpu_devices": "split the CPU into this many logical devices (MirroredStrategy over CPUs, for testing)",
+    "dtype": "float32, mixed_float16 (with dynamic loss scaling) or mixed_bfloat16; auto: mixed_bfloat16 "
+    "on TPU, else float32",
+    "jit_compile": "XLA for the per-replica forward/backward and the optimizer's per-variable updates; "
+    "auto: on with a GPU or TPU, off on CPU",
+    "checkpoint_every_steps": "also checkpoint every N optimizer steps (a checkpoint ends every epoch)",
+    "input_benchmark_steps": "steps of the input pipeline alone, timed before training (0: skip)",
+    "deterministic": "deterministic TensorFlow ops (tf.config.experimental.enable_op_determinism)",
     "data_dir": "TFDS data directory (default: TFDS's, ~/tensorflow_datasets)",
-    "manual_dir": "TFDS manual_dir holding manually downloaded files (ImageNet tars)",
-    "output_dir": "where TensorBoard logs and summary.json go",
-    "jit_compile": "XLA for the whole train step: auto (on with a GPU or TPU, off on CPU where XLA:CPU is "
-    "about 2x slower for these convolutions), on, off",
-    "seed": "random seed for initialisation and shuffling",
+    "manual_dir": "TFDS manual_dir holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar",
+    "output_dir": "checkpoints, mlperf.log, TensorBoard logs and summary.json; a run restarted with the "
+    "same output dir resumes from its latest checkpoint",
+    "seed": "random seed for initialisation, shuffling and augmentation",
 }
 
 
 def parse_args(argv=None):
-    """Parses command-line flags into a `TrainConfig` (flags: --global-batch-size, ...)."""
+    """Parses command-line flags (--global-batch-size, ...) into a `TrainConfig`;
+    exits with status 2 and the reason on a bad value."""
     parser = argparse.ArgumentParser(
         prog="python -m train",
-        description="Train a ResNet with LARS (or SGD) at large batch, through tensorflow-datasets.",
+        description="Train ResNet-50 on ImageNet (or a small ResNet on a small dataset) with LARS, CLARS or SGD "
+        "at large batch, as the MLPerf reference does.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    choices = {"optimizer": OPTIMIZERS, "distribution": DISTRIBUTIONS, "dtype": DTYPES, "jit_compile": SWITCHES}
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        kwargs = {"type": field.type, "default": field.default}
-        if field.name == "optimizer":
-            kwargs["choices"] = OPTIMIZERS
-        if field.name == "jit_compile":
-            kwargs["choices"] = ("auto", "on", "off")
-        parser.add_argument(flag, help=_HELP[field.name], **kwargs)
+        if field.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=_HELP[field.name])
+            continue
+        value_type = float if field.type is float else field.type
+        parser.add_argument(flag, type=value_type, default=field.default, choices=choices.get(field.name),
+                            help=_HELP[field.name])
     args = parser.parse_args(argv)
     try:
         return TrainConfig(**vars(args))

@@ -1,4 +1,4 @@
-"""Datasets through tensorflow-datasets, with an offline path for Fashion-MNIST."""
+"""TFDS builders: ImageNet from its manual_dir tars, Fashion-MNIST offline from Debian's files."""
 
 import gzip
 import os
@@ -6,7 +6,6 @@ import shutil
 import tempfile
 import urllib.parse
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 # Debian's `dataset-fashion-mnist`: the four IDX .gz files TFDS downloads,
@@ -18,12 +17,6 @@ FASHION_MNIST_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
-# Per-channel mean and standard deviation of pixel values in [0, 1].
-NORMALIZATION = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
 
 
 class _LocalFiles:
@@ -82,12 +75,35 @@ def prepare_fashion_mnist_from_local(data_dir, source_dir=DEBIAN_FASHION_MNIST_D
     _LocalFashionMNIST(source_dir=source_dir, data_dir=data_dir).download_and_prepare()
 
 
+IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+def check_imagenet_manual_dir(manual_dir):
+    """Raises FileNotFoundError naming the ILSVRC2012 tars missing from `manual_dir`."""
+    if not manual_dir:
+        raise FileNotFoundError(
+            "imagenet2012 is not prepared: pass --manual-dir, a directory holding "
+            + " and ".join(IMAGENET_TARS) + " (from https://image-net.org/download-images)."
+        )
+    missing = [f for f in IMAGENET_TARS if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing:
+        raise FileNotFoundError(
+            f"--manual-dir {manual_dir} lacks {', '.join(missing)}: TFDS's imagenet2012 builder needs "
+            + " and ".join(IMAGENET_TARS) + " there (from https://image-net.org/download-images)."
+        )
+
+
 def get_builder(name, data_dir=None, manual_dir=None):
     """Returns a prepared TFDS builder for `name`.
 
     `fashion_mnist` is prepared from Debian's files when they are present (no
-    network needed), else downloaded by TFDS. `imagenet2012` reads the
-    ILSVRC2012 tars from `manual_dir`. Anything else goes through TFDS as is.
+    network needed), else downloaded by TFDS. `imagenet2012` is prepared by the
+    real TFDS builder from the ILSVRC2012 tars in `manual_dir`. Anything else
+    goes through TFDS as is.
+
+    Raises:
+        FileNotFoundError: imagenet2012 unprepared and its tars missing from
+            `manual_dir` (the message names them).
     """
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
@@ -95,72 +111,8 @@ def get_builder(name, data_dir=None, manual_dir=None):
     if name == "fashion_mnist" and os.path.isdir(DEBIAN_FASHION_MNIST_DIR):
         prepare_fashion_mnist_from_local(builder.data_dir_root)
         return tfds.builder(name, data_dir=data_dir)
+    if name == "imagenet2012":
+        check_imagenet_manual_dir(manual_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
     builder.download_and_prepare(download_config=download_config)
     return builder
-
-
-def _preprocess(name, image_size):
-    mean, std = NORMALIZATION.get(name, ((0.5,), (0.5,)))
-
-    def fn(image, label):
-        image = tf.cast(image, tf.float32) / 255.0
-        if image_size is not None:
-            image = tf.image.resize(image, (image_size, image_size))
-        return (image - mean) / std, label
-
-    return fn
-
-
-def make_datasets(name, global_batch_size, data_dir=None, manual_dir=None, image_size=None, seed=0):
-    """Builds the train and eval `tf.data.Dataset`s and reads the dataset's metadata.
-
-    Args:
-        name: TFDS name, e.g. "fashion_mnist", "cifar10", "imagenet2012".
-        global_batch_size: int, examples per step over all replicas.
-        data_dir, manual_dir: TFDS directories (None: TFDS's defaults).
-        image_size: int to resize square images to, or None to keep them.
-        seed: shuffle seed.
-
-    Returns:
-        (train_ds, eval_ds, info) where train batches drop the remainder (a
-        constant global batch for the schedule) and eval keeps every example.
-        `info` holds `num_classes`, `input_shape`, `train_examples`,
-        `eval_examples`, `eval_split`.
-    """
-    builder = get_builder(name, data_dir, manual_dir)
-    shape = builder.info.features["image"].shape
-    if image_size is None and None in shape[:2]:
-        raise ValueError(f"{name}'s images vary in size ({shape}): pass an --image-size (e.g. 224).")
-    splits = builder.info.splits
-    eval_split = "validation" if "validation" in splits else "test"
-    preprocess = _preprocess(name, image_size)
-    input_shape = (image_size or shape[0], image_size or shape[1], shape[2])
-    options = tf.data.Options()
-    options.deterministic = True
-
-    train = builder.as_dataset(split="train", as_supervised=True, shuffle_files=True, read_config=tfds.ReadConfig(shuffle_seed=seed))
-    train = (
-        train.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-        .cache()
-        .shuffle(min(splits["train"].num_examples, 60_000), seed=seed, reshuffle_each_iteration=True)
-        .map(lambda x, y: (tf.image.random_flip_left_right(x, seed=seed), y), num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(global_batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(options)
-    )
-    evaluation = (
-        builder.as_dataset(split=eval_split, as_supervised=True)
-        .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-        .cache()
-        .batch(global_batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    info = {
-        "num_classes": builder.info.features["label"].num_classes,
-        "input_shape": input_shape,
-        "train_examples": splits["train"].num_examples,
-        "eval_examples": splits[eval_split].num_examples,
-        "eval_split": eval_split,
-    }
-    return train, evaluation, info

@@ -158,14 +158,15 @@ def cifar_resnet(depth, num_classes=10, input_shape=(32, 32, 3)):
     return keras.Model(inputs, _head(x, num_classes, "cifar"), name=f"resnet{depth}")
 
 
-def build_model(name, num_classes, input_shape):
+def build_model(name, num_classes, input_shape, zero_init_last_bn=False):
     """`name`: "resnet50" or "resnetN" with N in `CIFAR_DEPTHS` (e.g. "resnet20").
+    `zero_init_last_bn` applies to resnet50 (see `resnet50_v15`).
 
     Raises:
         ValueError: for an unknown name.
     """
     if name == "resnet50":
-        return resnet50_v15(num_classes, input_shape)
+        return resnet50_v15(num_classes, input_shape, zero_init_last_bn)
     if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) in CIFAR_DEPTHS:
         return cifar_resnet(int(name[6:]), num_classes, input_shape)
     raise ValueError(

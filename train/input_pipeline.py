@@ -1,0 +1,155 @@
+"""tf.data input for `tf.distribute`: per-worker sharded, deterministic and
+resumable train epochs, and a padded eval pass that counts every example once.
+
+Each worker (input pipeline) reads its own contiguous slice of a split
+(`train[start:end]`, exact example boundaries through TFDS). An epoch's order
+and augmentation depend only on (seed, epoch, worker), so a run resumed in the
+middle of an epoch sees the same batches as one that never stopped.
+"""
+
+import dataclasses
+import math
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from train import preprocessing
+from train.data import get_builder
+
+# Records held for shuffling after file-level shuffling (MLPerf reference: 10,000).
+IMAGENET_SHUFFLE_BUFFER = 10_000
+SMALL_SHUFFLE_BUFFER = 60_000
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know of a dataset."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple
+    train_examples: int
+    eval_examples: int
+    eval_split: str
+
+
+def shard_split(split, num_examples, index, count):
+    """Worker `index` of `count`'s slice of `split`: (TFDS split string, size).
+    Slices differ in size by at most one example and cover the split once."""
+    start, end = num_examples * index // count, num_examples * (index + 1) // count
+    return f"{split}[{start}:{end}]", end - start
+
+
+class InputPipeline:
+    """Builds per-replica-batched datasets for `strategy.distribute_datasets_from_function`.
+
+    Args:
+        dataset: TFDS name; "imagenet2012" gets the MLPerf reference's
+            preprocessing on undecoded JPEG bytes, others mean/std scaling.
+        micro_batch_size: int, examples per forward/backward pass over all
+            replicas (global batch / gradient accumulation steps).
+        image_size: int, square image size; 0 keeps the dataset's (224 for
+            imagenet2012).
+        seed: int, shuffling and augmentation seed.
+        data_dir, manual_dir: TFDS directories (None: TFDS's defaults).
+
+    Raises:
+        ValueError: the images vary in size and no `image_size` applies.
+        FileNotFoundError: imagenet2012 tars missing from `manual_dir`.
+    """
+
+    def __init__(self, dataset, micro_batch_size, image_size=0, seed=0, data_dir=None, manual_dir=None):
+        self._builder = get_builder(dataset, data_dir, manual_dir)
+        self._imagenet = dataset == "imagenet2012"
+        self._image_size = image_size or (224 if self._imagenet else 0)
+        self.micro_batch_size = micro_batch_size
+        self._seed = seed
+        features = self._builder.info.features
+        shape = features["image"].shape
+        if not self._image_size and None in shape[:2]:
+            raise ValueError(f"{dataset}'s images vary in size ({shape}): pass an --image-size (e.g. 224).")
+        splits = self._builder.info.splits
+        eval_split = "validation" if "validation" in splits else "test"
+        self.info = DatasetInfo(
+            name=dataset,
+            num_classes=features["label"].num_classes,
+            input_shape=(self._image_size or shape[0], self._image_size or shape[1], shape[2]),
+            train_examples=splits["train"].num_examples,
+            eval_examples=splits[eval_split].num_examples,
+            eval_split=eval_split,
+        )
+
+    @property
+    def eval_steps(self):
+        """Eval steps of `micro_batch_size` examples (the last ones padded)."""
+        return math.ceil(self.info.eval_examples / self.micro_batch_size)
+
+    def _read(self, split, shuffle_seed=None):
+        decoders = {"image": tfds.decode.SkipDecoding()} if self._imagenet else None
+        read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
+        return self._builder.as_dataset(
+            split=split, shuffle_files=shuffle_seed is not None, decoders=decoders, read_config=read_config
+        )
+
+    def train_dataset_fn(self, epoch, skip_micro_steps=0):
+        """The dataset function for 0-based `epoch`, starting after
+        `skip_micro_steps` micro-batches (a resumed run). Skipped records are
+        dropped before decoding. Yields (images float32 (b, H, W, C), labels
+        int32 (b,)) with b the per-replica batch; the remainder is dropped."""
+
+        def dataset_fn(context):
+            per_replica = context.get_per_replica_batch_size(self.micro_batch_size)
+            replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+            split, _ = shard_split("train", self.info.train_examples, context.input_pipeline_id,
+                                   context.num_input_pipelines)
+            # Python ints: one seed per (run seed, epoch, worker).
+            epoch_seed = (self._seed * 1_000_003 + epoch * 7_919 + context.input_pipeline_id) % (2**31 - 1)
+            buffer = IMAGENET_SHUFFLE_BUFFER if self._imagenet else SMALL_SHUFFLE_BUFFER
+            ds = self._read(split, shuffle_seed=epoch_seed)
+            ds = ds.shuffle(buffer, seed=epoch_seed).enumerate()
+            ds = ds.skip(skip_micro_steps * replicas_here * per_replica)
+            ds = ds.map(lambda i, ex: self._train_example(ex, epoch_seed, i), num_parallel_calls=tf.data.AUTOTUNE)
+            return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+        return dataset_fn
+
+    def eval_dataset_fn(self):
+        """The eval dataset function: each worker's slice of the eval split,
+        padded to `eval_steps` steps with examples of weight 0. Yields
+        (images float32 (b, H, W, C), labels int32 (b,), weights float32 (b,)),
+        weights 1 for real examples."""
+
+        def dataset_fn(context):
+            per_replica = context.get_per_replica_batch_size(self.micro_batch_size)
+            replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+            split, count = shard_split(self.info.eval_split, self.info.eval_examples, context.input_pipeline_id,
+                                       context.num_input_pipelines)
+            padded = self.eval_steps * replicas_here * per_replica
+            ds = self._read(split).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+            blank = (tf.zeros(self.info.input_shape, tf.float32), tf.constant(0, tf.int32), tf.constant(0.0))
+            ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padded - count))
+            return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+        return dataset_fn
+
+    def _train_example(self, example, epoch_seed, index):
+        seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+        if self._imagenet:
+            image = preprocessing.imagenet_train(example["image"], seed, self._image_size)
+        else:
+            image = preprocessing.small_image(self.info.name, example["image"], seed, self._image_size, True)
+        return image, tf.cast(example["label"], tf.int32)
+
+    def _eval_example(self, example):
+        if self._imagenet:
+            image = preprocessing.imagenet_eval(example["image"], self._image_size)
+        else:
+            image = preprocessing.small_image(self.info.name, example["image"], None, self._image_size, False)
+        return image, tf.cast(example["label"], tf.int32), tf.constant(1.0)
+
+
+def _options():
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = True
+    return options

@@ -1,0 +1,150 @@
+"""The distributed train and eval steps (as the MLPerf reference's custom loop).
+
+Per replica: the forward/backward pass (XLA-compiled when asked, as the
+reference does on GPU/TPU) and the optimizer's `apply`, which all-reduces the
+gradients across replicas and runs each variable's update.
+"""
+
+import keras
+import tensorflow as tf
+
+import keras_lars
+from keras_lars import taps
+
+
+def per_example_loss(labels, probs, num_classes, label_smoothing):
+    """Softmax cross-entropy with label smoothing, per example.
+
+    Args:
+        labels: int32 (b,), class ids.
+        probs: float (b, num_classes), the model's softmax outputs.
+
+    Returns:
+        float32 (b,).
+    """
+    one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    return keras.losses.categorical_crossentropy(
+        one_hot, tf.cast(probs, tf.float32), label_smoothing=label_smoothing
+    )
+
+
+class Steps:
+    """Builds the distributed `accumulate_step`, `apply_step` and `eval_step`
+    tf.functions; each takes an iterator of a distributed dataset.
+
+    Gradient accumulation lives here, not in Keras's optimizer (whose
+    accumulation branch is a `cond` around a cross-replica merge, which
+    tf.distribute rejects): `accumulate_step` adds one micro-batch's gradients
+    (and CLARS's per-example norm sums) into per-replica buffers;
+    `apply_step` adds the last micro-batch's, averages over the
+    `accumulation_steps` micro-batches and calls the optimizer's `apply`.
+
+    Args:
+        model: the compiled Keras model (its optimizer is `model.optimizer`;
+            for CLARS, per-example norms attached).
+        strategy: the `tf.distribute.Strategy` the model was built under.
+        micro_batch_size: int, examples per forward/backward over all
+            replicas; the loss is summed over a replica's examples and divided
+            by it (MLPerf: the GLOBAL batch), so that the all-reduced SUM of
+            the replicas' gradients is the gradient of the global mean loss.
+        label_smoothing: float in [0, 1).
+        xla: bool, XLA-compile the per-replica forward/backward and eval.
+        accumulation_steps: int >= 1, micro-batches per optimizer step.
+    """
+
+    def __init__(self, model, strategy, micro_batch_size, label_smoothing, xla, accumulation_steps=1):
+        self.model = model
+        self.strategy = strategy
+        self.micro_batch_size = micro_batch_size
+        self.label_smoothing = label_smoothing
+        self.accumulation_steps = accumulation_steps
+        self.num_classes = model.output_shape[-1]
+        optimizer = model.optimizer
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        variables = model.trainable_variables
+        # CLARS: the per-example norm sums travel with the gradients (out of
+        # an XLA function, through the accumulation buffers).
+        self._norm_variables = (
+            [v for v, adapt in zip(variables, inner.adapts(variables)) if adapt]
+            if isinstance(inner, keras_lars.CLARS)
+            else []
+        )
+        if accumulation_steps > 1:
+            with strategy.scope():
+                self._grad_buffers = [_replica_local(v.shape, v.dtype) for v in variables]
+                self._norm_buffer = _replica_local((len(self._norm_variables),), "float32")
+        compile_ = (lambda f: tf.function(f, jit_compile=True)) if xla else (lambda f: f)
+        self._forward_backward = compile_(self._forward_backward_fn)
+        self._eval_fn = compile_(self._eval_replica)
+        self.accumulate_step = tf.function(self._accumulate_step)
+        self.apply_step = tf.function(self._apply_step)
+        self.eval_step = tf.function(self._eval_step)
+
+    def loss(self, labels, probs):
+        """Replica loss: the sum over its examples / the global micro-batch."""
+        losses = per_example_loss(labels, probs, self.num_classes, self.label_smoothing)
+        return tf.reduce_sum(losses) / self.micro_batch_size
+
+    def _forward_backward_fn(self, images, labels):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            probs = self.model(images, training=True)
+            loss = self.loss(labels, probs)
+            scaled = self.model.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        norm_sums = tf.stack(taps.take_norm_sums(self._norm_variables)) if self._norm_variables else tf.zeros((0,))
+        return loss, grads, norm_sums
+
+    def _accumulate_replica(self, images, labels):
+        loss, grads, norm_sums = self._forward_backward(images, labels)
+        for buffer, grad in zip(self._grad_buffers, grads):
+            buffer.assign_add(grad)
+        self._norm_buffer.assign_add(norm_sums)
+        return loss
+
+    def _apply_replica(self, images, labels):
+        loss, grads, norm_sums = self._forward_backward(images, labels)
+        if self.accumulation_steps > 1:
+            n = self.accumulation_steps
+            grads = [(g + b.read_value()) / n for g, b in zip(grads, self._grad_buffers)]
+            norm_sums = (norm_sums + self._norm_buffer.read_value()) / n
+        if self._norm_variables:
+            taps.put_norm_sums(self._norm_variables, tf.unstack(norm_sums))
+        self.model.optimizer.apply(grads, self.model.trainable_variables)
+        if self.accumulation_steps > 1:
+            for buffer in self._grad_buffers + [self._norm_buffer]:
+                buffer.assign(tf.zeros_like(buffer))
+        return loss
+
+    def _accumulate_step(self, iterator):
+        """A micro-step without an update; returns the global mean loss."""
+        losses = self.strategy.run(self._accumulate_replica, args=next(iterator))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    def _apply_step(self, iterator):
+        """The last micro-step of an optimizer step, with the update; returns
+        the global mean loss of its micro-batch (float32 scalar)."""
+        losses = self.strategy.run(self._apply_replica, args=next(iterator))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    def _eval_replica(self, images, labels, weights):
+        probs = self.model(images, training=False)
+        hit = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels), tf.float32)
+        losses = per_example_loss(labels, probs, self.num_classes, self.label_smoothing)
+        return tf.reduce_sum(hit * weights), tf.reduce_sum(weights), tf.reduce_sum(losses * weights)
+
+    def _eval_step(self, iterator):
+        """Returns (correct, examples, loss sum) over all replicas: float32 scalars
+        that count only weight-1 (real) examples."""
+        outputs = self.strategy.run(self._eval_fn, args=next(iterator))
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in outputs]
+
+
+def _replica_local(shape, dtype):
+    # One copy per replica, never synchronised: each sums its own gradients.
+    return tf.Variable(
+        tf.zeros(shape, dtype),
+        trainable=False,
+        synchronization=tf.VariableSynchronization.ON_READ,
+        aggregation=tf.VariableAggregation.SUM,
+    )
