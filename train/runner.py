@@ -3,6 +3,7 @@ loop, eval cadence, stop at the target accuracy, checkpoints and resume,
 MLPerf log, TensorBoard, JSON summary."""
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -125,8 +126,8 @@ def run(config):
         **setup,
         "config": dataclasses.asdict(config),
     }
+    _write_json(_summary_path(config.output_dir, strategy, chief), summary)
     if chief:
-        _write_json(os.path.join(config.output_dir, "summary.json"), summary)
         print(
             f"eval top-1 {summary['final_top1']}, best {summary['best_top1']}, target reached: "
             f"{summary['target_reached']}; {summary['train_images_per_second']:.0f} train images/s, input "
@@ -209,7 +210,7 @@ def _train(job):
     evals = _read_evals(config.output_dir)
     target_reached = float(job.progress["best_top1"].numpy()) >= config.target_accuracy
     writer = tf.summary.create_file_writer(os.path.join(config.output_dir, "tensorboard")) if job.chief else None
-    timed_seconds, timed_steps, epoch_losses = 0.0, 0, {}
+    timed_seconds, timed_steps, epoch_losses, epoch_lrs = 0.0, 0, {}, {}
     block_first = None
     for epoch in range(first_epoch + 1, config.epochs + 1):  # 1-based, as MLPerf's epoch_num
         if target_reached:
@@ -246,6 +247,7 @@ def _train(job):
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % spe:
                     job.checkpoints.save(step)
             epoch_losses[epoch] = float(np.mean(losses))
+            epoch_lrs[epoch] = lr
         if config.eval_due(epoch):
             record = _evaluate(job, epoch, step)
             evals = {**evals, epoch: record}
@@ -270,10 +272,12 @@ def _train(job):
         "target_reached": target_reached,
         "evals": [{"epoch": e, **evals[e]} for e in sorted(evals)],
         "train_loss_by_epoch": epoch_losses,
+        "learning_rate_by_epoch": epoch_lrs,
         "epochs_done": int(job.progress["epochs_done"].numpy()),
         "optimizer_steps": step,
         "train_images_per_second": timed_steps * config.global_batch_size / timed_seconds if timed_steps else 0.0,
         "train_seconds_timed": timed_seconds,
+        "weights_sha256": weights_fingerprint(job.model),
     }
 
 
@@ -301,6 +305,23 @@ def _evaluate(job, epoch, step):
         print(f"eval after epoch {epoch} (step {step}): top-1 {top1:.4f}, loss {loss_sum / count:.4f}, "
               f"{int(count)} examples")
     return {"top1": top1, "loss": float(loss_sum / count), "examples": int(count), "step": step}
+
+
+def _summary_path(output_dir, strategy, chief):
+    if chief:
+        return os.path.join(output_dir, "summary.json")
+    # Other workers: their own file, for checking that all ended alike.
+    directory = os.path.join(output_dir, "workers", str(strategy.cluster_resolver.task_id))
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, "summary.json")
+
+
+def weights_fingerprint(model):
+    """SHA-256 of all the model's weights (float32 bytes, in order)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value), np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def _evals_path(output_dir):
