@@ -33,9 +33,11 @@ from keras_lars.per_example_norms import METHODS, conv_squared_norms, dense_squa
 
 UNSUPPORTED_LAYER_POLICIES = ("error", "vectorized")
 
-# Norm sums recorded by gradient functions, per thread (tf.distribute runs each
-# replica in its own thread): {variable id: [(graph, forward call id, sum), ...]}.
-_records = threading.local()
+# Norm sums recorded by gradient functions, per replica (tf.distribute runs each
+# replica in its own thread): {replica key: {variable id: [(graph, forward call
+# id, sum), ...]}}.
+_tables = {}
+_tables_lock = threading.Lock()
 # Active attachment per model (weak: attaching never keeps a model alive).
 _attachments = weakref.WeakKeyDictionary()
 _call_ids = itertools.count()
@@ -67,19 +69,36 @@ def _visible(graph, current):
     return False
 
 
+def _replica_key():
+    # Sums are kept per replica, not per thread: a LossScaleOptimizer under
+    # MirroredStrategy runs `CLARS.apply` in other threads (its merge_call)
+    # than the backward pass that recorded them, with the same replica id.
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is not None and tf.distribute.has_strategy():
+        replica = tf.get_static_value(context.replica_id_in_sync_group)
+        if replica is not None:
+            return (id(tf.distribute.get_strategy()), int(replica))
+    return ("thread", threading.get_ident())
+
+
+def _table():
+    with _tables_lock:
+        return _tables.setdefault(_replica_key(), {})
+
+
 def _forget(variables):
     # A new forward call of a layer makes the sums of earlier ones obsolete
     # (gradients computed without an `apply`, an earlier trace).
-    table = getattr(_records, "table", None)
+    table = _table()
     if table:
         for variable in variables:
             table.pop(id(variable), None)
 
 
 def _record(variable, call, value):
-    table = getattr(_records, "table", None)
-    if table is None:
-        table = _records.table = {}
+    table = _table()
     entries = [e for e in table.get(id(variable), []) if e[1] != call]
     table[id(variable)] = entries + [(_current_graph(), call, value)]
 
@@ -100,7 +119,7 @@ def take_norm_sums(variables):
             backward pass, or a layer whose forward pass ran more than once.
     """
     _require_tensorflow("CLARS")
-    table = getattr(_records, "table", None) or {}
+    table = _table()
     current = _current_graph()
     sums, missing = [], []
     for variable in variables:

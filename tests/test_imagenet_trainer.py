@@ -164,12 +164,14 @@ def _no_bn_model():
     return keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
 
 
-def _steps_after(strategy, optimizer_cls, batches, accumulation=1, xla=False, micro_batch=16):
+def _steps_after(strategy, optimizer_cls, batches, accumulation=1, xla=False, micro_batch=16, loss_scale=False):
     """Weights after one optimizer step on `batches` (a list of (x, y) micro-batches)."""
     keras.utils.set_random_seed(7)
     with strategy.scope():
         model = _no_bn_model()
         optimizer = optimizer_cls(learning_rate=0.5, weight_decay=1e-3, jit_compile=False)
+        if loss_scale:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
         if optimizer_cls is keras_lars.CLARS:
             keras_lars.attach_per_example_norms(model)
@@ -196,6 +198,9 @@ def test_global_batch_loss_scaling_gives_the_single_replica_step(mirrored_strate
     # Two micro-batches of 8 accumulated: the same step as one batch of 16.
     halves = [(batch[0][:8], batch[1][:8]), (batch[0][8:], batch[1][8:])]
     accumulated, _ = _steps_after(mirrored_strategy, optimizer_cls, halves, accumulation=2, micro_batch=8)
+    # Dynamic loss scaling (as --dtype mixed_float16) divides out exactly.
+    scaled, _ = _steps_after(mirrored_strategy, optimizer_cls, halves, accumulation=2, micro_batch=8,
+                             loss_scale=True)
     # An independent reference: the mean label-smoothed loss of the batch.
     keras.utils.set_random_seed(7)
     probs = _no_bn_model()(batch[0])
@@ -203,8 +208,9 @@ def test_global_batch_loss_scaling_gives_the_single_replica_step(mirrored_strate
     assert single_loss == pytest.approx(float(expected_loss), rel=1e-5)
     assert two_loss == pytest.approx(single_loss, rel=1e-5)
     initial = [v.numpy() for v in _no_bn_model().trainable_variables]
-    for s, t, x, a, w0 in zip(single, two, xla, accumulated, initial):
+    for s, t, x, a, ls, w0 in zip(single, two, xla, accumulated, scaled, initial):
         assert not np.allclose(s, w0)
+        np.testing.assert_allclose(ls, s, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(t, s, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(x, s, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(a, s, rtol=1e-5, atol=1e-7)
@@ -356,7 +362,7 @@ def test_multi_worker_mirrored_two_processes_end_identical(tiny_imagenet, tmp_pa
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     chief, other = _summary(out), _summary(out / "workers" / "1")
-    assert chief["replicas"] == 2 and chief["strategy"] == "MultiWorkerMirroredStrategy"
+    assert chief["replicas"] == 2 and chief["strategy"] == "CollectiveAllReduceStrategy"  # = MultiWorkerMirrored
     assert chief["dtype_policy"] == "mixed_float16"
     assert [e["examples"] for e in chief["evals"]] == [VAL_IMAGES, VAL_IMAGES]
     assert chief["weights_sha256"] == other["weights_sha256"]

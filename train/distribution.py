@@ -48,6 +48,15 @@ def make_strategy(name):
         DistributionError: "tpu" without a TPU, "multi_worker_mirrored"
             without a TF_CONFIG naming workers.
     """
+    # MultiWorkerMirroredStrategy must come before anything initialises TF's context.
+    if name == "multi_worker_mirrored":
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+        if not cluster.get("worker"):
+            raise DistributionError(
+                "--distribution multi_worker_mirrored needs TF_CONFIG with cluster.worker and task "
+                '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}).'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         resolver = _tpu_resolver(required=False) if _may_have_tpu() else None
@@ -61,14 +70,6 @@ def make_strategy(name):
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker_mirrored":
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-        if not cluster.get("worker"):
-            raise DistributionError(
-                "--distribution multi_worker_mirrored needs TF_CONFIG with cluster.worker and task "
-                '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}).'
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         return tf.distribute.TPUStrategy(_tpu_resolver(required=True))
     raise ValueError(f"Unknown --distribution {name!r}.")

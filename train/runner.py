@@ -245,9 +245,11 @@ def _train(job):
                         tf.summary.scalar("train/loss", loss)
                         tf.summary.scalar("train/learning_rate", lr)
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step % spe:
+                    job.steps.sync_moving_statistics()
                     job.checkpoints.save(step)
             epoch_losses[epoch] = float(np.mean(losses))
             epoch_lrs[epoch] = lr
+            job.steps.sync_moving_statistics()
         if config.eval_due(epoch):
             record = _evaluate(job, epoch, step)
             evals = {**evals, epoch: record}

@@ -79,6 +79,26 @@ class Steps:
         self.accumulate_step = tf.function(self._accumulate_step)
         self.apply_step = tf.function(self._apply_step)
         self.eval_step = tf.function(self._eval_step)
+        self._sync = tf.function(self._sync_moving_statistics)
+
+    def sync_moving_statistics(self):
+        """Sets every replica's non-trainable variables (BatchNorm moving
+        mean/variance) to their mean over the replicas. Each replica updates
+        its own copy from its own batch (as the MLPerf reference); this makes
+        eval and checkpoints agree on every worker. Keras 2 averaged them on
+        read (ON_READ, MEAN); Keras 3 does not."""
+        if self.strategy.num_replicas_in_sync > 1 and self.model.non_trainable_variables:
+            self._sync()
+
+    def _sync_moving_statistics(self):
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            values = [tf.identity(v.value) for v in self.model.non_trainable_variables]
+            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+            for variable, mean in zip(self.model.non_trainable_variables, means):
+                variable.assign(mean)
+
+        self.strategy.run(replica_fn)
 
     def loss(self, labels, probs):
         """Replica loss: the sum over its examples / the global micro-batch."""
