@@ -7,6 +7,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: train test bench data
 
+# The demo job: ResNet-8 on Fashion-MNIST at batch 2048 (the trainer's
+# defaults are MLPerf's ResNet-50 on ImageNet).
+FASHION_MNIST_JOB := --dataset fashion_mnist --model resnet8 --global-batch-size 2048 --epochs 10 \
+  --lars-opt-learning-rate-warmup-epochs 2 --label-smoothing 0 --eval-every-epochs 1
+
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[test]'
@@ -18,7 +23,7 @@ data:
 	  || echo "dataset-fashion-mnist could not be installed: TFDS will download Fashion-MNIST instead"
 
 train: $(VENV)/.installed data
-	$(PY) -m train --output-dir runs/fashion_mnist_lars
+	$(PY) -m train $(FASHION_MNIST_JOB) --output-dir runs/fashion_mnist_lars
 
 test: $(VENV)/.installed data
 	$(PY) -m pytest -q tests
