@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_lars  # noqa: E402
 from keras_lars.per_example_norms import choose_method  # noqa: E402
-from train.models import build_model  # noqa: E402
+from keras_lars.train.models import build_model  # noqa: E402
 
 CONFIGS = {
     "resnet20 28x28 b256": ("resnet20", (28, 28, 1), 10, 256),

@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 from official.modeling.optimization import lars as model_garden_lars  # noqa: E402
 
 from keras_lars import LARS  # noqa: E402
-from train.models import resnet50_v15  # noqa: E402
+from keras_lars.train.models import resnet50_v15  # noqa: E402
 
 
 def _keras_step(optimizer, variables, grads, jit):

@@ -150,8 +150,9 @@ class LARS(keras.optimizers.Optimizer):
 
     Raises:
         ValueError: at construction, for a negative learning rate, momentum
-            outside [0, 1), weight decay < 0, eta <= 0, epsilon < 0, an unknown
-            `trust_ratio_denominator`, or an invalid exclusion pattern.
+            outside [0, 1), weight decay < 0, eta <= 0, epsilon < 0, any of
+            them NaN or infinite, an unknown `trust_ratio_denominator`, or an
+            invalid exclusion pattern.
         TypeError: for exclusion rules of an unsupported type.
 
     References:
@@ -187,9 +188,9 @@ class LARS(keras.optimizers.Optimizer):
         learning_rate = _check_learning_rate(learning_rate)
         weight_decay = 0.0 if weight_decay is None else weight_decay
         check_number("momentum", momentum, "a float in [0, 1)", lambda x: 0 <= x < 1)
-        check_number("weight_decay", weight_decay, "a float >= 0", lambda x: x >= 0)
-        check_number("eta", eta, "a float > 0", lambda x: x > 0)
-        check_number("epsilon", epsilon, "a float >= 0", lambda x: x >= 0)
+        check_number("weight_decay", weight_decay, "a finite float >= 0", lambda x: x >= 0)
+        check_number("eta", eta, "a finite float > 0", lambda x: x > 0)
+        check_number("epsilon", epsilon, "a finite float >= 0", lambda x: x >= 0)
         if trust_ratio_denominator not in TRUST_RATIO_DENOMINATORS:
             raise ValueError(
                 f"`trust_ratio_denominator` must be one of "
@@ -339,7 +340,7 @@ def _check_learning_rate(learning_rate):
     check_number(
         "learning_rate",
         learning_rate,
-        "a float >= 0, a keras.optimizers.schedules.LearningRateSchedule or a callable",
+        "a finite float >= 0, a keras.optimizers.schedules.LearningRateSchedule or a callable",
         lambda x: x >= 0,
     )
     return float(learning_rate)

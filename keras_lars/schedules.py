@@ -71,9 +71,9 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
         power=2.0,
         name=None,
     ):
-        check_number("base_learning_rate", base_learning_rate, "a float > 0", lambda x: x > 0)
-        check_number("end_learning_rate", end_learning_rate, "a float >= 0", lambda x: x >= 0)
-        check_number("power", power, "a float > 0", lambda x: x > 0)
+        check_number("base_learning_rate", base_learning_rate, "a finite float > 0", lambda x: x > 0)
+        check_number("end_learning_rate", end_learning_rate, "a finite float >= 0", lambda x: x >= 0)
+        check_number("power", power, "a finite float > 0", lambda x: x > 0)
         check_number("train_steps", train_steps, "an int >= 1", lambda x: x >= 1, integral=True)
         check_number(
             "warmup_steps",

@@ -16,8 +16,8 @@ tf.config.set_logical_device_configuration(
 @pytest.fixture(scope="session")
 def fashion_mnist_dir(tmp_path_factory):
     """A TFDS data_dir holding fashion_mnist, prepared once by the real builder
-    from Debian's files (see train.data)."""
-    from train.data import get_builder
+    from Debian's files (see keras_lars.train.data)."""
+    from keras_lars.train.data import get_builder
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     get_builder("fashion_mnist", data_dir=data_dir)

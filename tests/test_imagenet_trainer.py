@@ -18,12 +18,12 @@ import tensorflow_datasets as tfds
 
 import keras_lars
 from tiny_imagenet import validation_labels, write_tiny_imagenet
-from train import preprocessing
-from train.config import TrainConfig
-from train.data import get_builder
-from train.distribution import check_batch
-from train.input_pipeline import InputPipeline, shard_split
-from train.steps import Steps
+from keras_lars.train import preprocessing
+from keras_lars.train.config import TrainConfig
+from keras_lars.train.data import get_builder
+from keras_lars.train.distribution import check_batch
+from keras_lars.train.input_pipeline import InputPipeline, shard_split
+from keras_lars.train.steps import Steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL_IMAGES, TRAIN_PER_CLASS = 12, 16
@@ -181,10 +181,7 @@ def _steps_after(strategy, optimizer_cls, batches, accumulation=1, xla=False, mi
     y = np.concatenate([b[1] for b in batches])
     dataset = strategy.distribute_datasets_from_function(
         lambda c: tf.data.Dataset.from_tensor_slices((x, y)).batch(c.get_per_replica_batch_size(micro_batch)))
-    iterator = iter(dataset)
-    for _ in range(accumulation - 1):
-        steps.accumulate_step(iterator)
-    loss = float(steps.apply_step(iterator))
+    loss = float(steps.train_loop(iter(dataset), 1)[0])
     return [v.numpy() for v in model.trainable_variables], loss
 
 

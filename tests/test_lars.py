@@ -8,6 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import keras_lars
 from keras_lars import LARS
 from keras_lars.schedules import WarmupPolynomialDecay
 from numpy_lars import NumpyLARS
@@ -264,16 +265,29 @@ def test_zero_gradient_gives_unit_ratio():
         (dict(momentum=-0.1), "momentum"),
         (dict(epsilon=-1e-9), "epsilon"),
         (dict(weight_decay=-1e-4), "weight_decay"),
-        (dict(trust_ratio_denominator="norm"), "trust_ratio_denominator.*sum_of_norms"),
+        (dict(trust_ratio_denominator="norm"), "trust_ratio_denominator"),
         (dict(nesterov="yes"), "nesterov"),
         (dict(trust_clip=1), "trust_clip"),
         (dict(exclude_from_weight_decay=["(unclosed"]), r"\(unclosed"),
         (dict(gradient_accumulation_steps=1), "gradient_accumulation_steps"),
+        # Non-finite values would turn every weight into NaN at the first step.
+        (dict(eta=float("inf")), r"`eta` must be a finite float > 0. Received: eta=inf"),
+        (dict(eta=float("nan")), r"eta=nan"),
+        (dict(learning_rate=float("inf")), r"learning_rate=inf"),
+        (dict(weight_decay=float("inf")), r"weight_decay=inf"),
+        (dict(epsilon=float("inf")), r"epsilon=inf"),
+        (dict(momentum=float("nan")), r"momentum=nan"),
     ],
 )
-def test_bad_hyperparameters_raise_at_construction(kwargs, message):
+@pytest.mark.parametrize("optimizer_cls", [LARS, keras_lars.CLARS])
+def test_bad_hyperparameters_raise_at_construction(optimizer_cls, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        LARS(**kwargs)
+        optimizer_cls(**kwargs)
+
+
+def test_non_finite_schedule_arguments_raise():
+    with pytest.raises(ValueError, match="base_learning_rate=inf"):
+        WarmupPolynomialDecay(base_learning_rate=float("inf"), warmup_steps=0, train_steps=10)
 
 
 def test_bad_rule_type_raises():

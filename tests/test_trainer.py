@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from train.config import TrainConfig, parse_args
+from keras_lars.train.config import TrainConfig, parse_args
 import tensorflow as tf
 
-from train.data import DEBIAN_FASHION_MNIST_DIR
-from train.input_pipeline import InputPipeline
-from train.models import build_model, cifar_resnet, resnet50_v15
-from train.runner import run
+from keras_lars.train.data import DEBIAN_FASHION_MNIST_DIR
+from keras_lars.train.input_pipeline import InputPipeline
+from keras_lars.train.models import build_model, cifar_resnet, resnet50_v15
+from keras_lars.train.runner import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

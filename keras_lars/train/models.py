@@ -158,19 +158,28 @@ def cifar_resnet(depth, num_classes=10, input_shape=(32, 32, 3)):
     return keras.Model(inputs, _head(x, num_classes, "cifar"), name=f"resnet{depth}")
 
 
+MODEL_NAMES = ("resnet50",) + tuple(f"resnet{d}" for d in CIFAR_DEPTHS)
+
+
+def check_model_name(name):
+    """Raises ValueError unless `name` is one of `MODEL_NAMES`."""
+    if name not in MODEL_NAMES:
+        raise ValueError(
+            f"Unknown model {name!r}. Accepted: 'resnet50' (v1.5, ImageNet) or "
+            + ", ".join(f"'{n}'" for n in MODEL_NAMES[1:])
+            + " (CIFAR-style, small images)."
+        )
+
+
 def build_model(name, num_classes, input_shape, zero_init_last_bn=False):
-    """`name`: "resnet50" or "resnetN" with N in `CIFAR_DEPTHS` (e.g. "resnet20").
-    `zero_init_last_bn` applies to resnet50 (see `resnet50_v15`).
+    """`name`: one of `MODEL_NAMES`: "resnet50" or "resnetN" with N in
+    `CIFAR_DEPTHS` (e.g. "resnet20"). `zero_init_last_bn` applies to resnet50
+    (see `resnet50_v15`).
 
     Raises:
         ValueError: for an unknown name.
     """
+    check_model_name(name)
     if name == "resnet50":
         return resnet50_v15(num_classes, input_shape, zero_init_last_bn)
-    if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) in CIFAR_DEPTHS:
-        return cifar_resnet(int(name[6:]), num_classes, input_shape)
-    raise ValueError(
-        f"Unknown model {name!r}. Accepted: 'resnet50' (v1.5, ImageNet) or "
-        + ", ".join(f"'resnet{d}'" for d in CIFAR_DEPTHS)
-        + " (CIFAR-style, small images)."
-    )
+    return cifar_resnet(int(name[len("resnet"):]), num_classes, input_shape)

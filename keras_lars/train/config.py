@@ -8,11 +8,16 @@ reference does (see `lars_defaults`).
 
 import argparse
 import dataclasses
+import math
+
+from keras_lars.train.models import check_model_name
 
 OPTIMIZERS = ("lars", "clars", "sgd")
 DISTRIBUTIONS = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 DTYPES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 SWITCHES = ("auto", "on", "off")
+# MLPerf ResNet's quality target applies to ImageNet only.
+MLPERF_TARGETS = {"imagenet2012": 0.759}
 
 
 def lars_defaults(global_batch_size):
@@ -52,11 +57,13 @@ class TrainConfig:
     eta: float = None
     eval_every_epochs: int = 4
     eval_offset_epochs: int = 0
-    target_accuracy: float = 0.759
+    target_accuracy: float = None
+    steps_per_loop: int = 0
     distribution: str = "auto"
     cpu_devices: int = 1
     dtype: str = "auto"
     jit_compile: str = "auto"
+    initial_loss_scale: float = 32768.0
     checkpoint_every_steps: int = 0
     input_benchmark_steps: int = 10
     deterministic: bool = False
@@ -67,47 +74,76 @@ class TrainConfig:
 
     def __post_init__(self):
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        try:
+            check_model_name(self.model)
+        except ValueError as e:
+            raise ValueError(f"--model: {e}") from None
         _require(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size, "an int >= 1")
         _require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps",
                  self.gradient_accumulation_steps, "an int >= 1")
         _require(self.global_batch_size % self.gradient_accumulation_steps == 0, "global_batch_size",
                  self.global_batch_size,
                  f"a multiple of --gradient-accumulation-steps ({self.gradient_accumulation_steps})")
-        base_lr, warmup = lars_defaults(self.global_batch_size)
-        if self.lars_opt_base_learning_rate is None:
-            self.lars_opt_base_learning_rate = base_lr
-        if self.lars_opt_learning_rate_warmup_epochs is None:
-            # CLARS replaces warmup (Huo et al.).
-            self.lars_opt_learning_rate_warmup_epochs = 0.0 if self.optimizer == "clars" else warmup
-        if self.eta is None:
-            self.eta = 0.01 if self.optimizer == "clars" else 0.001
         _require(self.epochs >= 1, "epochs", self.epochs, "an int >= 1")
+        self._resolve_defaults()
         _require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an int >= 0 (0: a full pass)")
         _require(self.image_size >= 0, "image_size", self.image_size, "an int >= 0 (0: the dataset's own size)")
         _require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "a float in [0, 1)")
-        _require(self.lars_opt_base_learning_rate > 0, "lars_opt_base_learning_rate",
-                 self.lars_opt_base_learning_rate, "a float > 0")
-        _require(0 <= self.lars_opt_learning_rate_warmup_epochs <= self.epochs, "lars_opt_learning_rate_warmup_epochs",
-                 self.lars_opt_learning_rate_warmup_epochs, "a float in [0, epochs]")
-        _require(self.lars_opt_end_learning_rate >= 0, "lars_opt_end_learning_rate",
-                 self.lars_opt_end_learning_rate, "a float >= 0")
-        _require(self.lars_opt_learning_rate_decay_poly_power > 0, "lars_opt_learning_rate_decay_poly_power",
-                 self.lars_opt_learning_rate_decay_poly_power, "a float > 0")
+        _require(_finite(self.lars_opt_base_learning_rate) and self.lars_opt_base_learning_rate > 0,
+                 "lars_opt_base_learning_rate", self.lars_opt_base_learning_rate, "a finite float > 0")
+        _require(_finite(self.lars_opt_end_learning_rate) and self.lars_opt_end_learning_rate >= 0,
+                 "lars_opt_end_learning_rate", self.lars_opt_end_learning_rate, "a finite float >= 0")
+        _require(_finite(self.lars_opt_learning_rate_decay_poly_power)
+                 and self.lars_opt_learning_rate_decay_poly_power > 0,
+                 "lars_opt_learning_rate_decay_poly_power", self.lars_opt_learning_rate_decay_poly_power,
+                 "a finite float > 0")
         _require(0 <= self.lars_opt_momentum < 1, "lars_opt_momentum", self.lars_opt_momentum, "a float in [0, 1)")
-        _require(self.lars_opt_weight_decay >= 0, "lars_opt_weight_decay", self.lars_opt_weight_decay, "a float >= 0")
-        _require(self.lars_epsilon >= 0, "lars_epsilon", self.lars_epsilon, "a float >= 0")
-        _require(self.eta > 0, "eta", self.eta, "a float > 0")
+        _require(_finite(self.lars_opt_weight_decay) and self.lars_opt_weight_decay >= 0, "lars_opt_weight_decay",
+                 self.lars_opt_weight_decay, "a finite float >= 0")
+        _require(_finite(self.lars_epsilon) and self.lars_epsilon >= 0, "lars_epsilon", self.lars_epsilon,
+                 "a finite float >= 0")
+        _require(_finite(self.eta) and self.eta > 0, "eta", self.eta, "a finite float > 0")
         _require(self.eval_every_epochs >= 1, "eval_every_epochs", self.eval_every_epochs, "an int >= 1")
         _require(0 <= self.eval_offset_epochs < self.eval_every_epochs, "eval_offset_epochs",
                  self.eval_offset_epochs, f"an int in [0, --eval-every-epochs={self.eval_every_epochs})")
-        _require(0 < self.target_accuracy <= 1, "target_accuracy", self.target_accuracy, "a float in (0, 1]")
+        _require(self.target_accuracy is None or 0 < self.target_accuracy <= 1, "target_accuracy",
+                 self.target_accuracy, "a float in (0, 1]")
+        _require(self.steps_per_loop >= 0, "steps_per_loop", self.steps_per_loop,
+                 "an int >= 0 (0: chosen for the device)")
         _require(self.distribution in DISTRIBUTIONS, "distribution", self.distribution, f"one of {DISTRIBUTIONS}")
         _require(self.cpu_devices >= 1, "cpu_devices", self.cpu_devices, "an int >= 1")
         _require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}")
         _require(self.jit_compile in SWITCHES, "jit_compile", self.jit_compile, f"one of {SWITCHES}")
+        _require(_finite(self.initial_loss_scale) and self.initial_loss_scale > 0, "initial_loss_scale",
+                 self.initial_loss_scale, "a finite float > 0")
         _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", self.checkpoint_every_steps,
                  "an int >= 0 (0: at the end of each epoch only)")
         _require(self.input_benchmark_steps >= 0, "input_benchmark_steps", self.input_benchmark_steps, "an int >= 0")
+
+    def _resolve_defaults(self):
+        """Fills the hyperparameters left None: MLPerf's by global batch
+        (`lars_defaults`), CLARS's (no warmup, eta 0.01), the target."""
+        base_lr, warmup = lars_defaults(self.global_batch_size)
+        if self.lars_opt_base_learning_rate is None:
+            self.lars_opt_base_learning_rate = base_lr
+        if self.eta is None:
+            self.eta = 0.01 if self.optimizer == "clars" else 0.001
+        if self.target_accuracy is None:
+            self.target_accuracy = MLPERF_TARGETS.get(self.dataset)
+        if self.lars_opt_learning_rate_warmup_epochs is not None:
+            _require(_finite(self.lars_opt_learning_rate_warmup_epochs)
+                     and 0 <= self.lars_opt_learning_rate_warmup_epochs <= self.epochs,
+                     "lars_opt_learning_rate_warmup_epochs", self.lars_opt_learning_rate_warmup_epochs,
+                     f"a float in [0, --epochs={self.epochs}]")
+            return
+        # CLARS replaces warmup (Huo et al.).
+        self.lars_opt_learning_rate_warmup_epochs = 0.0 if self.optimizer == "clars" else warmup
+        if self.lars_opt_learning_rate_warmup_epochs > self.epochs:
+            raise ValueError(
+                f"--lars-opt-learning-rate-warmup-epochs defaults to {warmup:g} for --global-batch-size "
+                f"{self.global_batch_size} (the MLPerf reference's), more than --epochs {self.epochs}: pass "
+                f"--lars-opt-learning-rate-warmup-epochs with a value in [0, {self.epochs}], or more --epochs."
+            )
 
     @property
     def micro_batch_size(self):
@@ -149,7 +185,10 @@ _HELP = {
     "eta": "trust coefficient: default 0.001 for lars (MLPerf), 0.01 for clars (Huo et al.)",
     "eval_every_epochs": "epochs between evaluations on the whole eval split",
     "eval_offset_epochs": "shifts the evaluations: after epochs e with (e - offset) %% every == 0",
-    "target_accuracy": "stop once eval top-1 reaches this (MLPerf ResNet: 0.759)",
+    "target_accuracy": "stop once eval top-1 reaches this; default 0.759 (MLPerf's) for imagenet2012, none "
+    "(all epochs run) for other datasets",
+    "steps_per_loop": "optimizer steps per host call (one tf.function running a device loop); loops also end "
+    "at epoch ends and --checkpoint-every-steps multiples. 0: 500 on GPU/TPU, 1 on CPU (measured fastest)",
     "distribution": "tf.distribute strategy; auto: TPU if a TPU resolver finds one, else MirroredStrategy "
     "over several GPUs, else the default strategy. multi_worker_mirrored reads TF_CONFIG",
     "cpu_devices": "split the CPU into this many logical devices (MirroredStrategy over CPUs, for testing)",
@@ -157,6 +196,8 @@ _HELP = {
     "on TPU, else float32",
     "jit_compile": "XLA for the per-replica forward/backward and the optimizer's per-variable updates; "
     "auto: on with a GPU or TPU, off on CPU",
+    "initial_loss_scale": "mixed_float16 only: the dynamic loss scale's starting value (halved after each "
+    "step with non-finite gradients, which is skipped)",
     "checkpoint_every_steps": "also checkpoint every N optimizer steps (a checkpoint ends every epoch)",
     "input_benchmark_steps": "steps of the input pipeline alone, timed before training (0: skip)",
     "deterministic": "deterministic TensorFlow ops (tf.config.experimental.enable_op_determinism)",
@@ -168,11 +209,11 @@ _HELP = {
 }
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, prog="keras-lars-train"):
     """Parses command-line flags (--global-batch-size, ...) into a `TrainConfig`;
     exits with status 2 and the reason on a bad value."""
     parser = argparse.ArgumentParser(
-        prog="python -m train",
+        prog=prog,
         description="Train ResNet-50 on ImageNet (or a small ResNet on a small dataset) with LARS, CLARS or SGD "
         "at large batch, as the MLPerf reference does.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -192,6 +233,10 @@ def parse_args(argv=None):
         return TrainConfig(**vars(args))
     except ValueError as e:
         parser.error(str(e))
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _require(ok, name, value, accepted):

@@ -40,10 +40,14 @@ class Checkpoints:
             AssertionError: (from TensorFlow) if the checkpoint does not match
                 the model or optimizer built for this run (other flags).
         """
-        path = tf.train.latest_checkpoint(self.directory)
+        path = self.latest()
         if path is not None:
             self._checkpoint.restore(path).assert_existing_objects_matched()
         return path
+
+    def latest(self):
+        """The latest checkpoint's path, or None."""
+        return tf.train.latest_checkpoint(self.directory)
 
     def save(self, step):
         """Saves at optimizer step `step` (an int) unless already saved there."""

@@ -1,12 +1,16 @@
 """TFDS builders: ImageNet from its manual_dir tars, Fashion-MNIST offline from Debian's files."""
 
+import difflib
 import gzip
 import os
 import shutil
 import tempfile
 import urllib.parse
 
+import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from keras_lars.train.errors import UsageError
 
 # Debian's `dataset-fashion-mnist`: the four IDX .gz files TFDS downloads,
 # re-compressed by Debian (so TFDS's registered checksums do not match).
@@ -102,10 +106,19 @@ def get_builder(name, data_dir=None, manual_dir=None):
     goes through TFDS as is.
 
     Raises:
+        UsageError: `name` is not a TFDS dataset.
         FileNotFoundError: imagenet2012 unprepared and its tars missing from
             `manual_dir` (the message names them).
     """
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UsageError(
+            f"--dataset {name!r} is not a TFDS dataset: {hint}e.g. imagenet2012, fashion_mnist, cifar10 "
+            "(all names: tensorflow_datasets.list_builders())."
+        ) from None
     if builder.is_prepared():
         return builder
     if name == "fashion_mnist" and os.path.isdir(DEBIAN_FASHION_MNIST_DIR):
@@ -116,3 +129,16 @@ def get_builder(name, data_dir=None, manual_dir=None):
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
     builder.download_and_prepare(download_config=download_config)
     return builder
+
+
+def corrupted_files(paths):
+    """Reads each TFRecord file of `paths` through; returns {path: first
+    error line} for those with a corrupted record (empty if none)."""
+    damaged = {}
+    for path in paths:
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                pass
+        except tf.errors.DataLossError as e:
+            damaged[path] = (e.message.strip().splitlines() or ["data loss"])[0]
+    return damaged

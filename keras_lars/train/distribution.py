@@ -6,8 +6,16 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_lars.train.errors import TrainerError, UsageError
 
-class DistributionError(RuntimeError):
+# --steps-per-loop 0: many steps per host call where a host round trip costs
+# a device's idle time (Model Garden's default is 1000); on CPU the measured
+# best (benchmarks/steps_per_loop.py).
+ACCELERATOR_STEPS_PER_LOOP = 500
+CPU_STEPS_PER_LOOP = 1
+
+
+class DistributionError(TrainerError):
     """A strategy that cannot run here; its message is one line for the user."""
 
 
@@ -95,11 +103,12 @@ def is_chief(strategy):
 
 
 def check_batch(global_batch_size, gradient_accumulation_steps, strategy):
-    """Raises ValueError unless each micro-batch splits evenly over the replicas."""
+    """Raises UsageError (a ValueError) unless each micro-batch splits evenly
+    over the replicas."""
     replicas = strategy.num_replicas_in_sync
     micro = global_batch_size // gradient_accumulation_steps
     if micro % replicas:
-        raise ValueError(
+        raise UsageError(
             f"--global-batch-size {global_batch_size} with --gradient-accumulation-steps "
             f"{gradient_accumulation_steps} gives micro-batches of {micro} examples, which do not split evenly "
             f"over {replicas} replicas: use a global batch that is a multiple of {replicas * gradient_accumulation_steps}."
@@ -113,12 +122,26 @@ def resolve_dtype(setting, strategy):
     return setting
 
 
+def has_accelerator(strategy):
+    """True on TPU or with a GPU."""
+    return is_tpu(strategy) or bool(tf.config.list_logical_devices("GPU"))
+
+
+def resolve_steps_per_loop(setting, strategy):
+    """Optimizer steps per host call: `setting`, or for 0 (auto)
+    `ACCELERATOR_STEPS_PER_LOOP` on GPU/TPU and `CPU_STEPS_PER_LOOP` on CPU
+    (loops end at epoch and checkpoint boundaries whatever the setting)."""
+    if setting:
+        return setting
+    return ACCELERATOR_STEPS_PER_LOOP if has_accelerator(strategy) else CPU_STEPS_PER_LOOP
+
+
 def resolve_xla(setting, strategy):
     """XLA for the per-replica step: auto is on with a GPU or TPU, off on CPU
     (where XLA:CPU runs these convolutions about 2x slower)."""
     if setting != "auto":
         return setting == "on"
-    return is_tpu(strategy) or bool(tf.config.list_logical_devices("GPU"))
+    return has_accelerator(strategy)
 
 
 def set_precision(dtype_policy):

@@ -7,14 +7,16 @@ and augmentation depend only on (seed, epoch, worker), so a run resumed in the
 middle of an epoch sees the same batches as one that never stopped.
 """
 
+import contextlib
 import dataclasses
 import math
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from train import preprocessing
-from train.data import get_builder
+from keras_lars.train import preprocessing
+from keras_lars.train.data import corrupted_files, get_builder
+from keras_lars.train.errors import DataError, UsageError
 
 # Records held for shuffling after file-level shuffling (MLPerf reference: 10,000).
 IMAGENET_SHUFFLE_BUFFER = 10_000
@@ -54,7 +56,8 @@ class InputPipeline:
         data_dir, manual_dir: TFDS directories (None: TFDS's defaults).
 
     Raises:
-        ValueError: the images vary in size and no `image_size` applies.
+        UsageError: an unknown dataset, or images that vary in size and no
+            `image_size`.
         FileNotFoundError: imagenet2012 tars missing from `manual_dir`.
     """
 
@@ -67,7 +70,7 @@ class InputPipeline:
         features = self._builder.info.features
         shape = features["image"].shape
         if not self._image_size and None in shape[:2]:
-            raise ValueError(f"{dataset}'s images vary in size ({shape}): pass an --image-size (e.g. 224).")
+            raise UsageError(f"{dataset}'s images vary in size ({shape}): pass an --image-size (e.g. 224).")
         splits = self._builder.info.splits
         eval_split = "validation" if "validation" in splits else "test"
         self.info = DatasetInfo(
@@ -78,6 +81,25 @@ class InputPipeline:
             eval_examples=splits[eval_split].num_examples,
             eval_split=eval_split,
         )
+
+    @contextlib.contextmanager
+    def reading(self, split):
+        """Turns a corrupted record met while reading `split` (TensorFlow's
+        DataLossError, which names no file) into a `DataError` naming the
+        dataset, the split, the damaged files and how to prepare them anew."""
+        try:
+            yield
+        except tf.errors.DataLossError as e:
+            detail = (e.message.strip().splitlines() or ["data loss"])[0]
+            paths = [str(p) for p in self._builder.info.splits[split].filepaths]
+            print(f"checking the {len(paths)} files of {self.info.name}'s {split} split for corrupted records...")
+            damaged = corrupted_files(paths) or {"(no file failed when read again)": detail}
+            files = "; ".join(f"{path} ({error})" for path, error in damaged.items())
+            again = " (imagenet2012: with --manual-dir)" if self._imagenet else ""
+            raise DataError(
+                f"{self.info.name}'s prepared {split} split is corrupted: {files}. Delete "
+                f"{self._builder.data_dir} and run again to prepare it anew{again}; checkpoints are untouched."
+            ) from None
 
     @property
     def eval_steps(self):

@@ -1,8 +1,11 @@
-"""The distributed train and eval steps (as the MLPerf reference's custom loop).
+"""The distributed train loop and eval step: what runs on the devices (as the
+MLPerf reference's custom loop and Orbit's inner loop, orbit/utils/loop_fns.py).
 
 Per replica: the forward/backward pass (XLA-compiled when asked, as the
 reference does on GPU/TPU) and the optimizer's `apply`, which all-reduces the
-gradients across replicas and runs each variable's update.
+gradients across replicas and runs each variable's update. `train_loop` runs
+many such optimizer steps in one `tf.function` call, so the host is reached
+once per loop, not once per step.
 """
 
 import keras
@@ -29,15 +32,15 @@ def per_example_loss(labels, probs, num_classes, label_smoothing):
 
 
 class Steps:
-    """Builds the distributed `accumulate_step`, `apply_step` and `eval_step`
-    tf.functions; each takes an iterator of a distributed dataset.
+    """Builds the distributed `train_loop` and `eval_step` tf.functions; each
+    takes an iterator of a distributed dataset.
 
     Gradient accumulation lives here, not in Keras's optimizer (whose
     accumulation branch is a `cond` around a cross-replica merge, which
-    tf.distribute rejects): `accumulate_step` adds one micro-batch's gradients
-    (and CLARS's per-example norm sums) into per-replica buffers;
-    `apply_step` adds the last micro-batch's, averages over the
-    `accumulation_steps` micro-batches and calls the optimizer's `apply`.
+    tf.distribute rejects): each of an optimizer step's first
+    `accumulation_steps - 1` micro-batches adds its gradients (and CLARS's
+    per-example norm sums) into per-replica buffers; the last adds its own,
+    averages over the micro-batches and calls the optimizer's `apply`.
 
     Args:
         model: the compiled Keras model (its optimizer is `model.optimizer`;
@@ -76,8 +79,7 @@ class Steps:
         compile_ = (lambda f: tf.function(f, jit_compile=True)) if xla else (lambda f: f)
         self._forward_backward = compile_(self._forward_backward_fn)
         self._eval_fn = compile_(self._eval_replica)
-        self.accumulate_step = tf.function(self._accumulate_step)
-        self.apply_step = tf.function(self._apply_step)
+        self._train_loop = tf.function(self._train_loop_fn)
         self.eval_step = tf.function(self._eval_step)
         self._sync = tf.function(self._sync_moving_statistics)
 
@@ -136,16 +138,42 @@ class Steps:
                 buffer.assign(tf.zeros_like(buffer))
         return loss
 
-    def _accumulate_step(self, iterator):
-        """A micro-step without an update; returns the global mean loss."""
-        losses = self.strategy.run(self._accumulate_replica, args=next(iterator))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+    def train_loop(self, iterator, num_steps):
+        """Runs up to `num_steps` optimizer steps (each of
+        `accumulation_steps` micro-batches from `iterator`) in one call.
 
-    def _apply_step(self, iterator):
-        """The last micro-step of an optimizer step, with the update; returns
-        the global mean loss of its micro-batch (float32 scalar)."""
-        losses = self.strategy.run(self._apply_replica, args=next(iterator))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+        Args:
+            iterator: an iterator of the distributed train dataset.
+            num_steps: int >= 1.
+
+        Returns:
+            NumPy float32 (m,): each step's global mean loss over its
+            micro-batches, m <= num_steps. The loop stops after the first
+            non-finite loss (m < num_steps then, or the last is non-finite),
+            leaving the divergence to the caller.
+        """
+        return self._train_loop(iterator, tf.constant(num_steps, tf.int32)).numpy()
+
+    def _train_loop_fn(self, iterator, num_steps):
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        done = tf.constant(0)
+        for i in tf.range(num_steps):
+            loss = self._train_step(iterator)
+            losses = losses.write(i, loss)
+            done = i + 1
+            if not tf.math.is_finite(loss):
+                break
+        return losses.gather(tf.range(done))
+
+    def _train_step(self, iterator):
+        # Python loop: the micro-batches are unrolled in the graph.
+        total = tf.constant(0.0)
+        for micro_step in range(self.accumulation_steps):
+            last = micro_step == self.accumulation_steps - 1
+            replica_fn = self._apply_replica if last else self._accumulate_replica
+            losses = self.strategy.run(replica_fn, args=next(iterator))
+            total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+        return total / self.accumulation_steps
 
     def _eval_replica(self, images, labels, weights):
         probs = self.model(images, training=False)

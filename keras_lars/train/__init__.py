@@ -1,0 +1,1 @@
+"""ResNet trainer for large-batch LARS: `python -m train --help`."""

@@ -1,0 +1,239 @@
+"""The outer training loop, as Orbit's `Controller` (orbit/controller.py):
+it cuts a run's optimizer steps into device loops (`Steps.train_loop`, many
+steps per host call) that end at epoch ends and at `--checkpoint-every-steps`
+multiples, and between loops runs small actions: progress bar and TensorBoard
+scalars, the divergence guard, checkpoints, evals, MLPerf blocks.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from mlperf_logging.mllog import constants as mlperf
+
+from keras_lars.train import guard
+
+
+def loop_lengths(start, end, steps_per_loop, checkpoint_every_steps=0):
+    """Sizes of the device loops that run optimizer steps start+1 .. end.
+
+    Each loop has at most `steps_per_loop` steps and ends at every multiple of
+    `checkpoint_every_steps` (0: none), so the loops between two boundaries
+    do not depend on where a run resumed.
+
+    Returns:
+        list of ints >= 1 summing to `end - start`.
+    """
+    lengths, step = [], start
+    while step < end:
+        stop = min(end, step + steps_per_loop)
+        if checkpoint_every_steps:
+            stop = min(stop, (step // checkpoint_every_steps + 1) * checkpoint_every_steps)
+        lengths.append(stop - step)
+        step = stop
+    return lengths
+
+
+class Controller:
+    """Runs `job` (a `runner.Job`) from its restored progress to its last
+    epoch or its target; `train()` returns the results, which `results()`
+    also gives after a `TrainerError` (a diverged run)."""
+
+    def __init__(self, job):
+        self.job = job
+        self.config = job.config
+        self.step = int(job.progress["steps_done"].numpy())
+        self.evals = _read_evals(self.config.output_dir)
+        self.target_reached = self._reached(float(job.progress["best_top1"].numpy()))
+        self.epoch_losses, self.epoch_lrs = {}, {}
+        self.timed_seconds, self.timed_steps, self._loops_run = 0.0, 0, 0
+        self._block_first = None
+        self._finite = guard.FiniteCheck(job.model.weights + job.model.optimizer.variables)
+        self._writer = (tf.summary.create_file_writer(os.path.join(self.config.output_dir, "tensorboard"))
+                        if job.chief else None)
+
+    def train(self):
+        try:
+            for epoch in range(int(self.job.progress["epochs_done"].numpy()) + 1, self.config.epochs + 1):
+                if self.target_reached:
+                    break
+                self._start_block(epoch)
+                self._train_epoch(epoch)
+                if self.config.eval_due(epoch):
+                    self._evaluate(epoch)
+                    self._stop_block()
+                self.job.progress["epochs_done"].assign(epoch)
+                self._checkpoint()
+        finally:
+            if self._writer:
+                self._writer.close()
+        return self.results()
+
+    def results(self):
+        evals = self.evals
+        top1 = [evals[e]["top1"] for e in sorted(evals)]
+        completed = int(self.job.progress["epochs_done"].numpy()) == self.config.epochs
+        return {
+            "final_top1": top1[-1] if top1 else None,
+            "best_top1": max(top1) if top1 else None,
+            "target_accuracy": self.config.target_accuracy,
+            "target_reached": self.target_reached,
+            "completed": self.target_reached or completed,
+            "evals": [{"epoch": e, **evals[e]} for e in sorted(evals)],
+            "train_loss_by_epoch": self.epoch_losses,
+            "learning_rate_by_epoch": self.epoch_lrs,
+            "epochs_done": int(self.job.progress["epochs_done"].numpy()),
+            "optimizer_steps": self.step,
+            "steps_per_loop": self.job.steps_per_loop,
+            "train_images_per_second": (self.timed_steps * self.config.global_batch_size / self.timed_seconds
+                                        if self.timed_steps else None),
+            "train_seconds_timed": self.timed_seconds,
+            "weights_sha256": weights_fingerprint(self.job.model),
+        }
+
+    # The epoch: device loops between boundaries.
+
+    def _train_epoch(self, epoch):
+        job, spe = self.job, self.job.steps_per_epoch
+        epoch_start = (epoch - 1) * spe
+        done = min(max(self.step - epoch_start, 0), spe)
+        if done == spe:
+            return
+        k = self.config.gradient_accumulation_steps
+        iterator = iter(job.strategy.distribute_datasets_from_function(
+            job.pipeline.train_dataset_fn(epoch - 1, skip_micro_steps=done * k)))
+        progbar = keras.utils.Progbar(spe, verbose=(2 if os.environ.get("CI") else 1) if job.chief else 0,
+                                      stateful_metrics=["learning_rate"])
+        if job.chief:
+            print(f"Epoch {epoch}/{self.config.epochs}")
+        losses = []
+        for length in loop_lengths(self.step, epoch_start + spe, job.steps_per_loop,
+                                   self.config.checkpoint_every_steps):
+            loop_losses = self._run_loop(iterator, length)
+            losses.extend(loop_losses)
+            lr = self._log_loop(loop_losses)
+            progbar.update(self.step - epoch_start, [("loss", float(np.mean(loop_losses))), ("learning_rate", lr)])
+            every = self.config.checkpoint_every_steps
+            if every and self.step % every == 0 and self.step % spe:
+                job.steps.sync_moving_statistics()
+                self._checkpoint()
+        self.epoch_losses[epoch] = float(np.mean(losses))
+        self.epoch_lrs[epoch] = lr
+        job.steps.sync_moving_statistics()
+
+    def _run_loop(self, iterator, length):
+        """One device loop of `length` steps; the divergence guard on its losses."""
+        start = time.perf_counter()
+        with self.job.pipeline.reading("train"):
+            losses = self.job.steps.train_loop(iterator, length)
+        if self._loops_run:  # the process's first loop traces and compiles
+            self.timed_seconds += time.perf_counter() - start
+            self.timed_steps += len(losses)
+        self._loops_run += 1
+        bad = guard.first_non_finite(losses)
+        if bad is not None:
+            self.step += bad + 1
+            raise guard.loss_diverged(self.config, self.step, float(losses[bad]), self.job.checkpoints.latest())
+        self.step += len(losses)
+        return losses
+
+    def _log_loop(self, losses):
+        """TensorBoard: each step's loss and learning rate. Returns the last LR."""
+        steps = np.arange(self.step - len(losses) + 1, self.step + 1)
+        lrs = keras.ops.convert_to_numpy(self.job.schedule(steps))
+        if self._writer:
+            with self._writer.as_default():
+                for step, loss, lr in zip(steps, losses, lrs):
+                    tf.summary.scalar("train/loss", loss, step=step)
+                    tf.summary.scalar("train/learning_rate", lr, step=step)
+        return float(lrs[-1])
+
+    # Actions between loops.
+
+    def _checkpoint(self):
+        """Saves unless a weight or optimizer value is non-finite (then the
+        run stops: the previous checkpoint stays the latest)."""
+        self._check_finite()
+        self.job.progress["steps_done"].assign(self.step)
+        self.job.checkpoints.save(self.step)
+
+    def _check_finite(self):
+        if not self._finite.check():
+            raise guard.weights_diverged(self.config, self.step, self.job.checkpoints.latest())
+
+    def _evaluate(self, epoch):
+        """Top-1 and mean loss over the whole eval split, each example once."""
+        job = self.job
+        self._check_finite()
+        job.log.start(mlperf.EVAL_START, epoch_num=epoch)
+        iterator = iter(job.strategy.distribute_datasets_from_function(job.pipeline.eval_dataset_fn()))
+        totals = np.zeros(3)
+        with job.pipeline.reading(job.pipeline.info.eval_split):
+            for _ in range(job.pipeline.eval_steps):
+                totals += [float(x) for x in job.steps.eval_step(iterator)]
+        correct, count, loss_sum = totals
+        if int(count) != job.pipeline.info.eval_examples:
+            raise RuntimeError(f"Evaluated {count} examples, expected {job.pipeline.info.eval_examples}.")
+        top1 = float(correct / count)
+        job.log.event(mlperf.EVAL_ACCURACY, top1, epoch_num=epoch)
+        job.log.end(mlperf.EVAL_STOP, epoch_num=epoch)
+        record = {"top1": top1, "loss": float(loss_sum / count), "examples": int(count), "step": self.step}
+        self.evals = {**self.evals, epoch: record}
+        if job.chief:
+            print(f"eval after epoch {epoch} (step {self.step}): top-1 {top1:.4f}, loss {record['loss']:.4f}, "
+                  f"{int(count)} examples")
+            write_json(_evals_path(self.config.output_dir), {str(e): r for e, r in self.evals.items()})
+        if self._writer:
+            with self._writer.as_default(step=self.step):
+                tf.summary.scalar("eval/top1", top1)
+                tf.summary.scalar("eval/loss", record["loss"])
+        job.progress["best_top1"].assign(max(float(job.progress["best_top1"].numpy()), top1))
+        self.target_reached = self._reached(top1)
+
+    def _reached(self, top1):
+        return self.config.target_accuracy is not None and top1 >= self.config.target_accuracy
+
+    def _start_block(self, epoch):
+        # MLPerf: a block spans the epochs up to the next eval.
+        if self._block_first is None:
+            self._block_first = epoch
+            last = epoch
+            while not self.config.eval_due(last):
+                last += 1
+            self.job.log.start(mlperf.BLOCK_START, first_epoch_num=epoch, epoch_count=last - epoch + 1)
+
+    def _stop_block(self):
+        self.job.log.end(mlperf.BLOCK_STOP, first_epoch_num=self._block_first)
+        self._block_first = None
+
+
+def weights_fingerprint(model):
+    """SHA-256 of all the model's weights (float32 bytes, in order)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value), np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _evals_path(output_dir):
+    return os.path.join(output_dir, "evals.json")
+
+
+def _read_evals(output_dir):
+    try:
+        with open(_evals_path(output_dir)) as f:
+            return {int(e): r for e, r in json.load(f).items()}
+    except FileNotFoundError:
+        return {}
+
+
+def write_json(path, data):
+    # Written whole, then renamed: a killed process never leaves half a file.
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(temporary, path)

@@ -1,0 +1,269 @@
+"""Runs one training job as the MLPerf reference does: builds the strategy,
+data, model and optimizer, restores the latest checkpoint, hands the loop to
+`Controller`, and writes the MLPerf run markers and `summary.json`."""
+
+import dataclasses
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+from mlperf_logging.mllog import constants as mlperf
+
+import keras_lars
+from keras_lars.train import distribution
+from keras_lars.train.checkpoints import Checkpoints
+from keras_lars.train.controller import Controller, write_json
+from keras_lars.train.errors import TrainerError, UsageError
+from keras_lars.train.input_pipeline import InputPipeline
+from keras_lars.train.mlperf_log import MLPerfLog
+from keras_lars.train.models import build_model
+from keras_lars.train.steps import Steps
+
+
+def build_optimizer(config, steps_per_epoch, trainable_variables, xla=False, dtype_policy="float32"):
+    """The optimizer and its MLPerf schedule (linear warmup from 0, then
+    polynomial decay to the end LR).
+
+    Args:
+        config: `TrainConfig`.
+        steps_per_epoch: int, optimizer steps per epoch at the global batch.
+        trainable_variables: the model's; those with ndim <= 1 (biases, BN)
+            get no weight decay under any optimizer.
+        xla: bool, compile LARS/CLARS's per-variable updates.
+        dtype_policy: "mixed_float16" wraps the optimizer in Keras's
+            `LossScaleOptimizer` (dynamic loss scaling from
+            `config.initial_loss_scale`).
+
+    Returns:
+        (optimizer, schedule): a `keras.optimizers.Optimizer` and its
+        `keras_lars.schedules.WarmupPolynomialDecay`.
+    """
+    schedule = keras_lars.schedules.WarmupPolynomialDecay(
+        base_learning_rate=config.lars_opt_base_learning_rate,
+        warmup_steps=int(round(config.lars_opt_learning_rate_warmup_epochs * steps_per_epoch)),
+        train_steps=steps_per_epoch * config.epochs,
+        end_learning_rate=config.lars_opt_end_learning_rate,
+        power=config.lars_opt_learning_rate_decay_poly_power,
+    )
+    if config.optimizer in ("lars", "clars"):
+        optimizer_cls = keras_lars.LARS if config.optimizer == "lars" else keras_lars.CLARS
+        optimizer = optimizer_cls(
+            learning_rate=schedule,
+            momentum=config.lars_opt_momentum,
+            weight_decay=config.lars_opt_weight_decay,
+            eta=config.eta,
+            epsilon=config.lars_epsilon,
+            jit_compile=xla,
+        )
+    else:
+        optimizer = keras.optimizers.SGD(
+            learning_rate=schedule, momentum=config.lars_opt_momentum, weight_decay=config.lars_opt_weight_decay
+        )
+        optimizer.exclude_from_weight_decay(var_list=[v for v in trainable_variables if len(v.shape) <= 1])
+    if dtype_policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=config.initial_loss_scale)
+    return optimizer, schedule
+
+
+@dataclasses.dataclass
+class Job:
+    """What the loop needs, built once."""
+
+    config: object
+    strategy: object
+    chief: bool
+    pipeline: InputPipeline
+    model: object
+    schedule: object
+    steps: Steps
+    checkpoints: Checkpoints
+    progress: dict  # steps_done, epochs_done, best_top1: tf.Variables saved in checkpoints
+    log: MLPerfLog
+    steps_per_epoch: int
+    steps_per_loop: int
+
+
+def run(config):
+    """Trains and evaluates until `config.target_accuracy` or `config.epochs`;
+    resumes from the latest checkpoint in `config.output_dir`. Writes
+    checkpoints, `mlperf.log`, TensorBoard logs and `summary.json` there (the
+    chief only). Returns the summary dict.
+
+    Raises:
+        UsageError: flags that do not fit the data or machine (an unknown
+            dataset, a batch larger than the train split, an unwritable
+            output directory, a batch that does not split over the replicas).
+        distribution.DistributionError: the strategy cannot run here.
+        DataError: a corrupted prepared dataset (the message names the file).
+        DivergenceError: a non-finite loss or non-finite weights; the MLPerf
+            log ends with run_stop status "aborted" and `summary.json` says
+            why. No checkpoint with a non-finite value is written.
+        FileNotFoundError: ImageNet tars missing from `config.manual_dir`.
+    """
+    wall_start = time.perf_counter()
+    distribution.split_cpu(config.cpu_devices)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = distribution.make_strategy(config.distribution)
+    chief = distribution.is_chief(strategy)
+    if chief:
+        _check_writable(config.output_dir)
+    log = MLPerfLog(os.path.join(config.output_dir, "mlperf.log") if chief else None)
+    previous_policy = keras.mixed_precision.global_policy()
+    controller, error = None, None
+    try:
+        log.event(mlperf.CACHE_CLEAR, True)
+        log.start(mlperf.INIT_START)
+        log.submission(config, strategy)
+        job, setup = _build(config, strategy, chief, log)
+        with job.pipeline.reading("train"):
+            input_rate = _benchmark_input(job) if config.input_benchmark_steps else None
+        log.end(mlperf.INIT_STOP)
+        log.start(mlperf.RUN_START)
+        controller = Controller(job)
+        try:
+            results = controller.train()
+        except TrainerError as e:
+            error, results = e, controller.results()
+        success = results["target_reached"] or (config.target_accuracy is None and results["completed"])
+        log.end(mlperf.RUN_STOP, status=mlperf.SUCCESS if success and not error else mlperf.ABORTED)
+    finally:
+        log.close()
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+    summary = {
+        **results,
+        "status": _status(results, error),
+        "stop_reason": str(error) if error else None,
+        "input_images_per_second": input_rate,
+        "wall_seconds": time.perf_counter() - wall_start,
+        **setup,
+        "config": dataclasses.asdict(config),
+    }
+    write_json(_summary_path(config.output_dir, strategy, chief), summary)
+    if error:
+        raise error
+    if chief:
+        rate = summary["train_images_per_second"]
+        print(
+            f"eval top-1 {summary['final_top1']}, best {summary['best_top1']}, status {summary['status']}; "
+            f"{rate or 0:.0f} train images/s, input {input_rate or 0:.0f} images/s; "
+            f"wall {summary['wall_seconds']:.0f} s; summary in {os.path.join(config.output_dir, 'summary.json')}"
+        )
+    return summary
+
+
+def _status(results, error):
+    if error:
+        return type(error).__name__
+    if results["target_reached"]:
+        return "target_reached"
+    return "completed" if results["completed"] else "stopped"
+
+
+def _check_writable(output_dir):
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"--output-dir {output_dir} is not writable ({e.strerror}): pass a directory "
+                         "this process can create and write to.") from None
+
+
+def _build(config, strategy, chief, log):
+    distribution.check_batch(config.global_batch_size, config.gradient_accumulation_steps, strategy)
+    policy = distribution.resolve_dtype(config.dtype, strategy)
+    distribution.set_precision(policy)
+    xla = distribution.resolve_xla(config.jit_compile, strategy)
+    keras.utils.set_random_seed(config.seed)
+    pipeline = InputPipeline(
+        config.dataset, config.micro_batch_size, config.image_size, config.seed,
+        data_dir=config.data_dir or None, manual_dir=config.manual_dir or None,
+    )
+    info = pipeline.info
+    steps_per_epoch = _steps_per_epoch(config, info)
+    with strategy.scope():
+        model = build_model(config.model, info.num_classes, info.input_shape, config.zero_init_residual)
+        optimizer, schedule = build_optimizer(config, steps_per_epoch, model.trainable_variables, xla, policy)
+        model.compile(optimizer=optimizer)
+        if config.optimizer == "clars":
+            keras_lars.attach_per_example_norms(model)
+        optimizer.build(model.trainable_variables)
+        progress = {
+            # Steps run, counted apart from optimizer.iterations, which a
+            # skipped loss-scaling step does not advance.
+            "steps_done": tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_done"),
+            "epochs_done": tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done"),
+            "best_top1": tf.Variable(0.0, dtype=tf.float32, trainable=False, name="best_top1"),
+        }
+    steps = Steps(model, strategy, config.micro_batch_size, config.label_smoothing, xla,
+                  config.gradient_accumulation_steps)
+    checkpoints = Checkpoints(config.output_dir, chief, model=model, optimizer=optimizer, **progress)
+    resumed_from = checkpoints.restore_latest()
+    if resumed_from:
+        print(f"resuming from {resumed_from}")
+    log.hyperparameters(config, info.train_examples, info.eval_examples, steps_per_epoch,
+                        schedule.warmup_steps, schedule.decay_steps)
+    steps_per_loop = distribution.resolve_steps_per_loop(config.steps_per_loop, strategy)
+    job = Job(config, strategy, chief, pipeline, model, schedule, steps, checkpoints, progress, log,
+              steps_per_epoch, steps_per_loop)
+    setup = {
+        "dataset": dataclasses.asdict(info),
+        "steps_per_epoch": steps_per_epoch,
+        "replicas": strategy.num_replicas_in_sync,
+        "strategy": type(strategy).__name__,
+        "dtype_policy": policy,
+        "xla": xla,
+        "resumed_from": resumed_from,
+        "trainable_parameters": int(sum(math.prod(v.shape) for v in model.trainable_variables)),
+    }
+    return job, setup
+
+
+def _steps_per_epoch(config, info):
+    """`--steps-per-epoch`, or 0: one full pass at the global batch.
+
+    Raises:
+        UsageError: a global batch larger than the train split, or more steps
+            per epoch than one pass holds.
+    """
+    full_pass = info.train_examples // config.global_batch_size
+    if full_pass == 0:
+        raise UsageError(
+            f"--global-batch-size {config.global_batch_size} is larger than {info.name}'s "
+            f"{info.train_examples} training examples: use at most {info.train_examples}."
+        )
+    if config.steps_per_epoch > full_pass:
+        raise UsageError(
+            f"--steps-per-epoch {config.steps_per_epoch} is more than the {full_pass} steps of --global-batch-size "
+            f"{config.global_batch_size} in {info.name}'s {info.train_examples} training examples: use at most "
+            f"{full_pass} (or 0: a full pass)."
+        )
+    return config.steps_per_epoch or full_pass
+
+
+def _benchmark_input(job):
+    """Images/second of the input pipeline alone (all workers together):
+    micro-batches drawn from the distributed dataset without a step."""
+    steps = min(job.config.input_benchmark_steps, job.steps_per_epoch * job.config.gradient_accumulation_steps - 1)
+    if steps < 1:
+        return None
+    iterator = iter(job.strategy.distribute_datasets_from_function(job.pipeline.train_dataset_fn(0)))
+    next(iterator)  # pipeline start-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * job.config.micro_batch_size / (time.perf_counter() - start)
+
+
+def _summary_path(output_dir, strategy, chief):
+    if chief:
+        return os.path.join(output_dir, "summary.json")
+    # Other workers: their own file, for checking that all ended alike.
+    directory = os.path.join(output_dir, "workers", str(strategy.cluster_resolver.task_id))
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, "summary.json")
