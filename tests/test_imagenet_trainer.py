@@ -232,6 +232,7 @@ def test_mlperf_defaults_by_global_batch():
     assert TrainConfig(global_batch_size=4096, lars_opt_base_learning_rate=17).lars_opt_base_learning_rate == 17
 
 
+@pytest.mark.slow
 def test_resnet50_short_run_passes_mlperf_compliance_but_the_target(tiny_imagenet, tmp_path):
     data_dir, _, _ = tiny_imagenet
     out = tmp_path / "run"
@@ -266,6 +267,7 @@ def test_resnet50_short_run_passes_mlperf_compliance_but_the_target(tiny_imagene
     assert blocks == [{**b, "first_epoch_num": n, "epoch_count": 1} for b, n in zip(blocks, (1, 2))]
 
 
+@pytest.mark.slow
 def test_stops_at_the_target_and_restart_does_nothing_more(tiny_imagenet, tmp_path):
     data_dir, _, _ = tiny_imagenet
     out = tmp_path / "run"
@@ -291,28 +293,33 @@ def _final_weights(out):
     return {n: reader.get_tensor(n) for n in names}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_imagenet, tmp_path):
     data_dir, _, _ = tiny_imagenet
+    # 6 steps an epoch; the killed run also uses loops of 3 steps (cut at the
+    # checkpoints every 4 steps), the uninterrupted one loops of 1.
     flags = ["--model", "resnet20", "--image-size", "48", "--global-batch-size", "32", "--epochs", "3",
              "--lars-opt-base-learning-rate", "4", "--lars-opt-learning-rate-warmup-epochs", "1",
-             "--checkpoint-every-steps", "2", "--eval-every-epochs", "3", "--deterministic",
+             "--checkpoint-every-steps", "4", "--eval-every-epochs", "3", "--deterministic",
              "--input-benchmark-steps", "0", "--optimizer", "clars", "--gradient-accumulation-steps", "2"]
-    _train(tmp_path / "whole", data_dir, *flags)
+    _train(tmp_path / "whole", data_dir, *flags, "--steps-per-loop", "1")
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "train", "--data-dir", data_dir, "--output-dir", str(out), *flags]
+    cmd = [sys.executable, "-m", "train", "--data-dir", data_dir, "--output-dir", str(out), *flags,
+           "--steps-per-loop", "3"]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "CI": "1"})
     deadline = time.time() + 300
-    # Steps 7-12 are epoch 2: kill as soon as step 10's checkpoint appears.
-    while not (out / "checkpoints" / "ckpt-10.index").exists() and process.poll() is None and time.time() < deadline:
+    # Steps 7-12 are epoch 2: kill as soon as step 8's checkpoint appears.
+    while not (out / "checkpoints" / "ckpt-8.index").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
-    # Mid-epoch either way: a save killed before its index update leaves step 8's.
-    assert int(latest.rsplit("-", 1)[1]) in (8, 10)
+    # A save killed before its index update leaves step 6's (epoch 1's end);
+    # else step 8, mid-epoch 2.
+    assert int(latest.rsplit("-", 1)[1]) in (6, 8)
     tf.train.load_checkpoint(latest)  # loads
-    resumed = _train(out, data_dir, *flags)
+    resumed = _train(out, data_dir, *flags, "--steps-per-loop", "3")
     assert "resuming from" in resumed.stdout
     assert _summary(out)["optimizer_steps"] == _summary(tmp_path / "whole")["optimizer_steps"] == 18
     whole, restarted = _final_weights(tmp_path / "whole"), _final_weights(out)
@@ -322,6 +329,89 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_imag
     assert _summary(out)["weights_sha256"] == _summary(tmp_path / "whole")["weights_sha256"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer_flags", [["--optimizer", "lars"],
+                                             ["--optimizer", "clars", "--gradient-accumulation-steps", "2"]])
+def test_loops_of_one_and_of_n_steps_end_identical(tiny_imagenet, tmp_path, optimizer_flags):
+    data_dir, _, _ = tiny_imagenet
+    flags = [*SMALL_RUN, "--epochs", "2", "--eval-every-epochs", "1", "--deterministic",
+             "--checkpoint-every-steps", "5", *optimizer_flags]
+    runs = {}
+    for steps_per_loop in (1, 4):  # 4 divides neither the epoch (6 steps) nor the checkpoint interval
+        out = tmp_path / f"loop{steps_per_loop}"
+        _train(out, data_dir, *flags, "--steps-per-loop", str(steps_per_loop))
+        runs[steps_per_loop] = _summary(out)
+    one, four = runs[1], runs[4]
+    assert one["steps_per_loop"] == 1 and four["steps_per_loop"] == 4
+    assert one["optimizer_steps"] == four["optimizer_steps"] == 12
+    assert four["weights_sha256"] == one["weights_sha256"]
+    assert four["train_loss_by_epoch"] == one["train_loss_by_epoch"]
+    assert four["evals"] == one["evals"]
+    assert sorted(os.listdir(tmp_path / "loop4" / "checkpoints")) == sorted(
+        os.listdir(tmp_path / "loop1" / "checkpoints"))
+
+
+def _mlperf_entries(out):
+    return [json.loads(line[len(":::MLLOG "):]) for line in (out / "mlperf.log").read_text().splitlines()]
+
+
+def _checkpoint_values(path):
+    reader = tf.train.load_checkpoint(path)
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tiny_imagenet, tmp_path):
+    data_dir, _, _ = tiny_imagenet
+    out = tmp_path / "run"
+    # SGD warming up to LR 1e8: finite for the first steps, then not; loops of 3 steps.
+    flags = [*SMALL_RUN, "--optimizer", "sgd", "--epochs", "3", "--lars-opt-base-learning-rate", "1e8",
+             "--checkpoint-every-steps", "3", "--steps-per-loop", "3", "--eval-every-epochs", "1"]
+    result = _train(out, data_dir, *flags, check=False)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m train: error: training diverged: "), last
+    assert "lower --lars-opt-base-learning-rate (now 1e+08)" in last
+    summary = _summary(out)
+    assert summary["status"] == "DivergenceError" and summary["stop_reason"] in last
+    diverged_at = summary["optimizer_steps"]
+    assert f"optimizer step {diverged_at}" in last
+    run_stop = [e for e in _mlperf_entries(out) if e["key"] == "run_stop"]
+    assert run_stop[-1]["metadata"]["status"] == "aborted"
+    # Every checkpoint left is finite; the latest is the last step before the divergence was seen.
+    checkpoints = sorted((out / "checkpoints").glob("ckpt-*.index"))
+    assert checkpoints
+    for index in checkpoints:
+        for name, value in _checkpoint_values(str(index)[: -len(".index")]).items():
+            if np.issubdtype(np.asarray(value).dtype, np.floating):
+                assert np.all(np.isfinite(value)), (index.name, name)
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    latest_step = int(latest.rsplit("-", 1)[1])
+    assert 1 <= latest_step < diverged_at and f"({latest})" in last
+    # The same command resumes from that checkpoint (and, at this LR, diverges again).
+    resumed = _train(out, data_dir, *flags, check=False)
+    assert f"resuming from {latest}" in resumed.stdout
+    assert resumed.returncode == 3 and _summary(out)["optimizer_steps"] > latest_step
+
+
+@pytest.mark.slow
+def test_skipped_float16_steps_do_not_trip_the_guard(tiny_imagenet, tmp_path):
+    data_dir, _, _ = tiny_imagenet
+    out = tmp_path / "run"
+    # A loss scale of 1e30 overflows every float16 gradient: each step is
+    # skipped (weights untouched, the scale halved), which is not divergence.
+    _train(out, data_dir, *SMALL_RUN, "--epochs", "1", "--steps-per-epoch", "4", "--steps-per-loop", "2",
+           "--dtype", "mixed_float16", "--initial-loss-scale", "1e30")
+    summary = _summary(out)
+    assert summary["status"] == "completed" and summary["optimizer_steps"] == 4
+    state = _checkpoint_values(tf.train.latest_checkpoint(str(out / "checkpoints")))
+    assert state["steps_done/.ATTRIBUTES/VARIABLE_VALUE"] == 4
+    assert state["optimizer/inner_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 0  # all skipped
+    assert state["optimizer/dynamic_scale/.ATTRIBUTES/VARIABLE_VALUE"] == pytest.approx(1e30 / 2**4, rel=1e-6)
+
+
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_cpus(tiny_imagenet, tmp_path):
     data_dir, _, _ = tiny_imagenet
     out = tmp_path / "run"
@@ -344,6 +434,7 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_two_processes_end_identical(tiny_imagenet, tmp_path):
     data_dir, _, _ = tiny_imagenet
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]

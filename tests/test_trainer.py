@@ -3,17 +3,20 @@
 import gzip
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_lars.train.config import TrainConfig, parse_args
-import tensorflow as tf
-
+from keras_lars.train.controller import loop_lengths
 from keras_lars.train.data import DEBIAN_FASHION_MNIST_DIR
+from keras_lars.train.errors import DataError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline
 from keras_lars.train.models import build_model, cifar_resnet, resnet50_v15
 from keras_lars.train.runner import run
@@ -55,6 +58,7 @@ def test_eval_keeps_every_example_and_train_batches_are_full(fashion_mnist_dir):
     assert abs(float(np.mean(x))) < 0.1 and abs(float(np.std(x)) - 1.0) < 0.1
 
 
+@pytest.mark.slow
 def test_trainer_end_to_end(fashion_mnist_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", "--dataset", "fashion_mnist", "--data-dir", fashion_mnist_dir,
@@ -85,14 +89,108 @@ def test_trainer_end_to_end(fashion_mnist_dir, tmp_path):
     assert "eval top-1" in result.stdout
 
 
-def test_cli_rejects_bad_values(capsys):
+def _cli_error(capsys, *argv):
     with pytest.raises(SystemExit) as exit_info:
-        parse_args(["--lars-opt-learning-rate-warmup-epochs", "20", "--epochs", "8"])
+        parse_args(list(argv))
     assert exit_info.value.code == 2
-    assert "--lars-opt-learning-rate-warmup-epochs must be a float in [0, epochs]. Received: 20.0" in (
-        capsys.readouterr().err)
-    with pytest.raises(SystemExit):
-        parse_args(["--optimizer", "adam"])
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_cli_rejects_bad_values(capsys):
+    assert _cli_error(capsys, "--lars-opt-learning-rate-warmup-epochs", "20", "--epochs", "8") == (
+        "keras-lars-train: error: --lars-opt-learning-rate-warmup-epochs must be a float in [0, --epochs=8]. "
+        "Received: 20.0")
+    # A default that does not fit the run: the error says so and names the flag.
+    assert _cli_error(capsys, "--epochs", "1") == (
+        "keras-lars-train: error: --lars-opt-learning-rate-warmup-epochs defaults to 5 for --global-batch-size "
+        "4096 (the MLPerf reference's), more than --epochs 1: pass --lars-opt-learning-rate-warmup-epochs with a "
+        "value in [0, 1], or more --epochs.")
+    assert "--model: Unknown model 'resnet21'. Accepted: 'resnet50'" in _cli_error(capsys, "--model", "resnet21")
+    assert _cli_error(capsys, "--eta", "inf").endswith("--eta must be a finite float > 0. Received: inf")
+    assert _cli_error(capsys, "--lars-opt-base-learning-rate", "nan").endswith("Received: nan")
+    assert "--steps-per-loop must be an int >= 0" in _cli_error(capsys, "--steps-per-loop", "-1")
+    assert "invalid choice: 'adam'" in _cli_error(capsys, "--optimizer", "adam")
+    # CLARS needs no warmup, so its default fits one epoch.
+    assert parse_args(["--epochs", "1", "--optimizer", "clars"]).lars_opt_learning_rate_warmup_epochs == 0
+
+
+def test_target_accuracy_is_mlperfs_on_imagenet_only():
+    assert TrainConfig().target_accuracy == 0.759
+    assert TrainConfig(dataset="fashion_mnist", model="resnet8").target_accuracy is None
+    assert TrainConfig(dataset="fashion_mnist", model="resnet8", target_accuracy=0.9).target_accuracy == 0.9
+
+
+def test_loop_lengths_end_at_epochs_and_checkpoints():
+    assert loop_lengths(0, 10, 4) == [4, 4, 2]
+    assert loop_lengths(0, 10, 1) == [1] * 10
+    # Checkpoints every 3 steps cut the loops; a resumed run cuts the same way.
+    assert loop_lengths(0, 10, 4, 3) == [3, 3, 3, 1]
+    assert loop_lengths(6, 10, 4, 3) == [3, 1]
+    assert loop_lengths(7, 10, 100, 3) == [2, 1]
+    assert loop_lengths(5, 5, 4) == []
+
+
+def _small_config(data_dir, out, **overrides):
+    flags = dict(dataset="fashion_mnist", model="resnet8", data_dir=data_dir, output_dir=str(out),
+                 global_batch_size=256, epochs=1, steps_per_epoch=2, lars_opt_learning_rate_warmup_epochs=0,
+                 input_benchmark_steps=0, label_smoothing=0)
+    return TrainConfig(**{**flags, **overrides})
+
+
+def test_flags_that_do_not_fit_the_data_or_machine(fashion_mnist_dir, tmp_path):
+    with pytest.raises(UsageError, match=r"^--global-batch-size 70000 is larger than fashion_mnist's 60000 training "
+                                         r"examples: use at most 60000\.$"):
+        run(_small_config(fashion_mnist_dir, tmp_path / "a", global_batch_size=70_000, steps_per_epoch=0))
+    with pytest.raises(UsageError, match=r"^--steps-per-epoch 300 is more than the 234 steps of --global-batch-size "
+                                         r"256 in fashion_mnist's 60000 training examples"):
+        run(_small_config(fashion_mnist_dir, tmp_path / "b", steps_per_epoch=300))
+    with pytest.raises(UsageError, match=r"^--dataset 'fashon_mnist' is not a TFDS dataset: did you mean "
+                                         r"fashion_mnist\b"):
+        run(_small_config(fashion_mnist_dir, tmp_path / "c", dataset="fashon_mnist"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(UsageError, match=rf"^--output-dir {blocker}/run is not writable \(Not a directory\)"):
+        run(_small_config(fashion_mnist_dir, blocker / "run"))
+
+
+def test_cli_usage_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "train", "--dataset", "fashon_mnist", "--model", "resnet8",
+                             "--output-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "python -m train: error: --dataset 'fashon_mnist' is not a TFDS dataset")
+
+
+def test_corrupted_dataset_is_named_and_checkpoints_untouched(fashion_mnist_dir, tmp_path):
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(fashion_mnist_dir, data_dir)
+    out = tmp_path / "run"
+    run(_small_config(str(data_dir), out))
+    saved = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    (record_file,) = (data_dir / "fashion_mnist").glob("*/fashion_mnist-train.tfrecord-*")
+    data = bytearray(record_file.read_bytes())
+    for i in range(500_000, 500_016):  # a few bytes inside one record
+        data[i] ^= 0xFF
+    record_file.write_bytes(bytes(data))
+    with pytest.raises(DataError) as error:
+        run(_small_config(str(data_dir), out, epochs=2))
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.match(rf"fashion_mnist's prepared train split is corrupted: {re.escape(str(record_file))} \(corrupted "
+                    r"record at \d+\)\. ", message), message
+    assert f"Delete {record_file.parent} and run again to prepare it anew" in message
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == saved
+
+
+def test_installed_trainer_lives_under_keras_lars(tmp_path):
+    # Outside the checkout: the console script runs, and no top-level `train` was installed.
+    script = os.path.join(os.path.dirname(sys.executable), "keras-lars-train")
+    result = subprocess.run([script, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("usage: keras-lars-train")
+    assert "--steps-per-loop" in result.stdout
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('train'))"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "None"
 
 
 def test_cli_flags_map_to_config():

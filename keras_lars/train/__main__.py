@@ -14,6 +14,8 @@ def main(argv=None, prog="keras-lars-train"):
     try:
         run(config)
     except TrainerError as e:
+        if sys.stdout.isatty():
+            print(flush=True)  # end the progress bar's line
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_status)
     except FileNotFoundError as e:

@@ -3,6 +3,7 @@
 import difflib
 import gzip
 import os
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -140,5 +141,13 @@ def corrupted_files(paths):
             for _ in tf.data.TFRecordDataset(path):
                 pass
         except tf.errors.DataLossError as e:
-            damaged[path] = (e.message.strip().splitlines() or ["data loss"])[0]
+            damaged[path] = error_summary(e)
     return damaged
+
+
+def error_summary(error):
+    """A TensorFlow op error's message as one short line: "corrupted record
+    at 626", without the function-node prefix and the op suffix."""
+    text = (error.message.strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:.*$", "", text) or type(error).__name__

@@ -12,7 +12,7 @@ from keras_lars.train.errors import TrainerError, UsageError
 # a device's idle time (Model Garden's default is 1000); on CPU the measured
 # best (benchmarks/steps_per_loop.py).
 ACCELERATOR_STEPS_PER_LOOP = 500
-CPU_STEPS_PER_LOOP = 1
+CPU_STEPS_PER_LOOP = 10
 
 
 class DistributionError(TrainerError):

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_lars.train import preprocessing
-from keras_lars.train.data import corrupted_files, get_builder
+from keras_lars.train.data import corrupted_files, error_summary, get_builder
 from keras_lars.train.errors import DataError, UsageError
 
 # Records held for shuffling after file-level shuffling (MLPerf reference: 10,000).
@@ -90,7 +90,7 @@ class InputPipeline:
         try:
             yield
         except tf.errors.DataLossError as e:
-            detail = (e.message.strip().splitlines() or ["data loss"])[0]
+            detail = error_summary(e)
             paths = [str(p) for p in self._builder.info.splits[split].filepaths]
             print(f"checking the {len(paths)} files of {self.info.name}'s {split} split for corrupted records...")
             damaged = corrupted_files(paths) or {"(no file failed when read again)": detail}
