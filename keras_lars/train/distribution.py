@@ -8,9 +8,10 @@ import tensorflow as tf
 
 from keras_lars.train.errors import TrainerError, UsageError
 
-# --steps-per-loop 0: many steps per host call where a host round trip costs
-# a device's idle time (Model Garden's default is 1000); on CPU the measured
-# best (benchmarks/steps_per_loop.py).
+# --steps-per-loop 0: many steps per host call where a host round trip idles
+# the device (Model Garden's ResNet custom-loop runs use 500, its
+# TrainerConfig default is 1000); on CPU the measured best
+# (benchmarks/steps_per_loop.py).
 ACCELERATOR_STEPS_PER_LOOP = 500
 CPU_STEPS_PER_LOOP = 10
 
