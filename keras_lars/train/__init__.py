@@ -1,1 +1,3 @@
-"""ResNet trainer for large-batch LARS: `python -m train --help`."""
+"""The MLPerf-style ResNet trainer for LARS, CLARS and SGD: `keras-lars-train
+--help` (or `python -m train --help` from a checkout). In Python:
+`keras_lars.train.runner.run(keras_lars.train.config.TrainConfig(...))`."""
