@@ -388,7 +388,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_finite_checkpoint(tiny_imagene
                 assert np.all(np.isfinite(value)), (index.name, name)
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
     latest_step = int(latest.rsplit("-", 1)[1])
-    assert 1 <= latest_step < diverged_at and f"({latest})" in last
+    assert latest_step >= 1 and latest_step < diverged_at and f"({latest})" in last
     # The same command resumes from that checkpoint (and, at this LR, diverges again).
     resumed = _train(out, data_dir, *flags, check=False)
     assert f"resuming from {latest}" in resumed.stdout
