@@ -38,3 +38,16 @@ def dense_gradient(gradient):
     if isinstance(gradient, tf.IndexedSlices):
         return tf.convert_to_tensor(gradient)
     return gradient
+
+
+def colocated_with(variable):
+    """On TensorFlow, places variables created in this context with
+    `variable` (as Keras's optimizer slots: a parameter server keeps them
+    together); elsewhere a no-op."""
+    import contextlib
+
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().extended.colocate_vars_with(variable.value)

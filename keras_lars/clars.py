@@ -4,7 +4,15 @@ import keras
 from keras import ops
 
 from keras_lars import taps
-from keras_lars.lars import LARS
+from keras_lars.lars import LARS, STATISTICS
+
+# What CLARS's `layer_statistics=True` records after LARS's `STATISTICS`.
+CLARS_STATISTICS = (
+    "mean_per_example_norm",  # n_k = (1/B) sum_i ||grad_k f_i||
+    "gradient_variance_ratio",  # ||g_k|| / n_k, in (0, 1]
+    "mean_squared_per_example_norm",  # (1/B) sum_i ||grad_k f_i||^2
+    "gradient_variance_factor",  # M_k = mean squared norm / ||g_k||^2 (Fig. 2), >= 1
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_lars")
@@ -75,20 +83,25 @@ class CLARS(LARS):
             )
         super().__init__(learning_rate=learning_rate, eta=eta, name=name, **kwargs)
 
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
+    def statistic_names(self):
+        """LARS's `STATISTICS` and `CLARS_STATISTICS` (NaN for a variable
+        CLARS does not adapt: it has no per-example norms)."""
+        return STATISTICS + CLARS_STATISTICS
+
+    def _build_trust_ratio_state(self, variables):
         adapted = [i for i, adapt in enumerate(self._adapts) if adapt]
         self._norm_positions = {index: position for position, index in enumerate(adapted)}
         # Sums of per-example norms, one entry per adapted variable, accumulated
         # over micro-batches; replicas write identical (all-reduced) values.
-        self.per_example_norm_sums = self.add_variable(
-            shape=(len(adapted),),
-            initializer="zeros",
-            dtype="float32",
-            aggregation="only_first_replica",
-            name="per_example_norm_sums",
+        self.per_example_norm_sums = self._add_sums((len(adapted),), "per_example_norm_sums")
+        # With layer statistics: sums of squared per-example norms and example counts.
+        self.per_example_squared_norm_sums = None
+        if self.layer_statistics:
+            self.per_example_squared_norm_sums = self._add_sums((len(adapted), 2), "per_example_squared_norm_sums")
+
+    def _add_sums(self, shape, name):
+        return self.add_variable(
+            shape=shape, initializer="zeros", dtype="float32", aggregation="only_first_replica", name=name
         )
 
     def apply(self, grads, trainable_variables=None):
@@ -112,6 +125,11 @@ class CLARS(LARS):
         super().apply(grads, trainable_variables)
         self._reset_norm_sums_after_update()
 
+    def _sums(self):
+        return [self.per_example_norm_sums] + (
+            [self.per_example_squared_norm_sums] if self.per_example_squared_norm_sums is not None else []
+        )
+
     def _accumulate_norm_sums(self, grads, variables):
         indices = [self._get_variable_index(v) for v in variables]
         needed = [(i, v) for i, v, g in zip(indices, variables, grads) if g is not None and self._adapts[i]]
@@ -119,25 +137,43 @@ class CLARS(LARS):
         by_position = {self._norm_positions[i]: s for (i, _), s in zip(needed, sums)}
         if not self._norm_positions:
             return
-        zero = ops.zeros((), "float32")
-        vector = ops.stack([by_position.get(p, zero) for p in range(len(self._norm_positions))])
-        self.per_example_norm_sums.assign_add(taps.all_reduce_sum(vector))
+        zero = ops.zeros((3,), "float32")
+        table = taps.all_reduce_sum(ops.stack([by_position.get(p, zero) for p in range(len(self._norm_positions))]))
+        self.per_example_norm_sums.assign_add(table[:, 0])
+        if self.per_example_squared_norm_sums is not None:
+            self.per_example_squared_norm_sums.assign_add(table[:, 1:])
 
     def _reset_norm_sums_after_update(self):
         steps = self.gradient_accumulation_steps or 1
-        zeros = ops.zeros_like(self.per_example_norm_sums)
-        if steps == 1:
-            self.per_example_norm_sums.assign(zeros)
-            return
-        # `iterations` has advanced: a multiple of `steps` means the update
-        # just happened and used the accumulated sums.
-        applied = ops.equal(self._iterations % steps, 0)
-        self.per_example_norm_sums.assign(ops.where(applied, zeros, self.per_example_norm_sums))
+        for sums in self._sums():
+            zeros = ops.zeros_like(sums)
+            if steps == 1:
+                sums.assign(zeros)
+                continue
+            # `iterations` has advanced: a multiple of `steps` means the update
+            # just happened and used the accumulated sums.
+            applied = ops.equal(self._iterations % steps, 0)
+            sums.assign(ops.where(applied, zeros, sums))
 
     def _trust_ratio_gradient_norm(self, index):
         # n_k = (sum over the steps' micro-batches of sum_i ||c_i||) / steps.
         steps = self.gradient_accumulation_steps or 1
         return self.per_example_norm_sums[self._norm_positions[index]] / steps
+
+    def _more_statistics(self, index, statistics):
+        if not self._adapts[index]:
+            return ops.concatenate([statistics, ops.full((len(CLARS_STATISTICS),), float("nan"))])
+        steps = self.gradient_accumulation_steps or 1
+        position = self._norm_positions[index]
+        squared_sum = self.per_example_squared_norm_sums[position, 0]
+        count = self.per_example_squared_norm_sums[position, 1]
+        n_k = self.per_example_norm_sums[position] / steps
+        # c_i = grad f_i / B per micro-batch of B = count / steps examples, so
+        # (1/count) sum_i ||grad f_i||^2 = count * sum_i ||c_i||^2 / steps^2.
+        mean_squared = count * squared_sum / (steps * steps)
+        g_norm = statistics[1]
+        extra = ops.stack([n_k, g_norm / n_k, mean_squared, mean_squared / ops.square(g_norm)])
+        return ops.concatenate([statistics, extra])
 
     def get_config(self):
         config = super().get_config()

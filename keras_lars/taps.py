@@ -104,7 +104,7 @@ def _record(variable, call, value):
 
 
 def take_norm_sums(variables):
-    """Returns and forgets this step's recorded sum_i ||c_i|| for each variable.
+    """Returns and forgets this step's recorded sums for each variable.
 
     Called by `CLARS.apply` in the thread (replica) that ran the backward pass.
 
@@ -112,7 +112,9 @@ def take_norm_sums(variables):
         variables: the `keras.Variable`s whose sums are needed.
 
     Returns:
-        A list of float32 scalars, one per variable.
+        A list of float32 (3,) vectors, one per variable: this replica's
+        `[sum_i ||c_i||, sum_i ||c_i||^2, B]` (B: its examples; with a
+        sub-batch, the sums are scaled to the batch).
 
     Raises:
         ValueError: naming the variables that have no sum from this step's
@@ -151,7 +153,7 @@ def put_norm_sums(variables, sums):
 
     Args:
         variables: the `keras.Variable`s passed to `take_norm_sums`.
-        sums: the float32 scalars it returned, in the same order.
+        sums: the float32 (3,) vectors it returned, in the same order.
     """
     call = next(_call_ids)
     for variable, value in zip(variables, sums):
@@ -347,7 +349,7 @@ class _LayerTap:
             self._record(call, variable, squared[:, j], scale)
 
     def _record(self, call, variable, squared, scale):
-        _record(variable, call, self.attachment.finish(squared, scale))
+        _record(variable, call, self.attachment.finish(squared, scale, variable))
 
 
 class PerExampleNorms:
@@ -360,6 +362,8 @@ class PerExampleNorms:
         self.method = method
         self.sub_batch_size = sub_batch_size
         self.divide_by_loss_scale = True
+        # For `per_example_squared_norms`: {variable id: (B,) squared norms of c_i}.
+        self.per_example = None
         owners = _owners(model)
         by_layer, unsupported = {}, []
         for variable in self.variables:
@@ -408,20 +412,27 @@ class PerExampleNorms:
         scale = tf.cast(batch, "float32") / tf.cast(tf.minimum(batch, count), "float32")
         return a[:count], d[:count], scale
 
-    def finish(self, squared, scale):
-        """sum_i ||c_i|| from per-example squared norms (B,): scaled from the
-        sub-batch to the batch, and divided by the optimizer's loss scale
+    def finish(self, squared, scale, variable):
+        """This replica's float32 `[sum_i ||c_i||, sum_i ||c_i||^2, B]` from
+        the per-example squared norms (B,) of the (sub-)batch: sums scaled from
+        the sub-batch to the batch and divided by the optimizer's loss scale
         (mixed precision), which the gradients d carry."""
-        total = ops.sum(ops.sqrt(squared))
+        squared = ops.cast(squared, "float32")
+        count = ops.cast(ops.shape(squared)[0], "float32")
+        sums = ops.stack([ops.sum(ops.sqrt(squared)), ops.sum(squared)])
         if scale is not None:
-            total = total * ops.cast(scale, total.dtype)
+            sums = sums * ops.cast(scale, "float32")
+            count = count * ops.cast(scale, "float32")
         model = self.model_ref()
         optimizer = getattr(model, "optimizer", None) if self.divide_by_loss_scale else None
         if optimizer is not None and (
             isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or optimizer.loss_scale_factor
         ):
-            total = total / ops.cast(optimizer.scale_loss(ops.ones((), total.dtype)), total.dtype)
-        return total
+            loss_scale = ops.cast(optimizer.scale_loss(ops.ones((), "float32")), "float32")
+            sums = sums / ops.stack([loss_scale, ops.square(loss_scale)])
+        if self.per_example is not None:
+            self.per_example[id(variable)] = squared
+        return ops.concatenate([sums, count[None]])
 
 
 def _owners(model):
@@ -548,7 +559,39 @@ def per_example_gradient_norms(model, x, y, loss, variables=None, *, sample_weig
     Raises:
         As `attach_per_example_norms`.
     """
-    _require_tensorflow("per_example_gradient_norms")
+    sums, _, gradients, loss_value = _one_pass(model, x, y, loss, variables, sample_weight, training, options)
+    return [total[0] for total in sums], gradients, loss_value
+
+
+def per_example_squared_norms(model, x, y, loss, variables=None, *, sample_weight=None, training=True, **options):
+    """Per-example squared gradient norms ||grad_k f_i(w)||^2, for each
+    variable and example, in one forward and one backward pass: what the
+    gradient variance factor M_k of Huo et al. (Fig. 2) is made of,
+    `keras_lars.layer_statistics.gradient_variance_factor(squared, gradient)`.
+
+    Arguments as `per_example_gradient_norms` (`loss` is the MEAN over the B
+    examples; with `sample_weight`, f_i is example i's weighted loss).
+
+    Returns:
+        `(squared, gradients, loss_value)`: for each variable a float32 (B,)
+        tensor (with `sub_batch_size` |J|: (|J|,), the first |J| examples),
+        the batch gradients, and the loss.
+
+    Raises:
+        As `attach_per_example_norms`.
+    """
+    sums, squared, gradients, loss_value = _one_pass(
+        model, x, y, loss, variables, sample_weight, training, options, keep_per_example=True
+    )
+    # c_i = grad f_i / B for a loss averaged over the batch of B examples.
+    return [sq * ops.square(total[2]) for sq, total in zip(squared, sums)], gradients, loss_value
+
+
+def _one_pass(model, x, y, loss, variables, sample_weight, training, options, keep_per_example=False):
+    """One forward and backward pass with a temporary attachment; returns
+    (each variable's (3,) sums, its (B,) squared norms of c_i or None, the
+    gradients, the loss). A previous attachment is restored afterwards."""
+    _require_tensorflow("per-example gradient norms")
     import tensorflow as tf
 
     if variables is None:
@@ -558,15 +601,17 @@ def per_example_gradient_norms(model, x, y, loss, variables=None, *, sample_weig
     previous = _attachments.get(model)
     attachment = attach_per_example_norms(model, variables, **options)
     attachment.divide_by_loss_scale = False
+    attachment.per_example = {} if keep_per_example else None
     try:
         with tf.GradientTape() as tape:
             y_pred = model(x, training=training)
             loss_value = loss(y, y_pred, sample_weight=sample_weight)
         gradients = tape.gradient(loss_value, variables)
-        norms = take_norm_sums(variables)
+        sums = take_norm_sums(variables)
+        squared = [attachment.per_example[id(v)] for v in variables] if keep_per_example else None
     finally:
         attachment.detach()
         if previous is not None:
             previous.install()
             _attachments[model] = previous
-    return norms, gradients, loss_value
+    return sums, squared, gradients, loss_value

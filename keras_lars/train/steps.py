@@ -75,7 +75,7 @@ class Steps:
         if accumulation_steps > 1:
             with strategy.scope():
                 self._grad_buffers = [_replica_local(v.shape, v.dtype) for v in variables]
-                self._norm_buffer = _replica_local((len(self._norm_variables),), "float32")
+                self._norm_buffer = _replica_local((len(self._norm_variables), 3), "float32")
         compile_ = (lambda f: tf.function(f, jit_compile=True)) if xla else (lambda f: f)
         self._forward_backward = compile_(self._forward_backward_fn)
         self._eval_fn = compile_(self._eval_replica)
@@ -114,7 +114,7 @@ class Steps:
             loss = self.loss(labels, probs)
             scaled = self.model.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
-        norm_sums = tf.stack(taps.take_norm_sums(self._norm_variables)) if self._norm_variables else tf.zeros((0,))
+        norm_sums = tf.stack(taps.take_norm_sums(self._norm_variables)) if self._norm_variables else tf.zeros((0, 3))
         return loss, grads, norm_sums
 
     def _accumulate_replica(self, images, labels):
