@@ -48,3 +48,25 @@ class NumpyLARS:
         v = self.m * np.asarray(v, np.float64) + scaled
         update = self.m * v + scaled if self.nesterov else v
         return w - update, v
+
+    def statistics(self, w, v, g, lr, adapt=True, decay=True, gradient_norm=None):
+        """The layer statistics of one step from (w, v, g) before it: a dict
+        named as `keras_lars.lars.STATISTICS`, from this reference's step."""
+        w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
+        beta = self.beta if decay else 0.0
+        clip, self.trust_clip = self.trust_clip, False
+        ratio = self.trust_ratio(w, g, lr, beta, gradient_norm) if adapt else 1.0
+        self.trust_clip = clip
+        clipped = self.trust_ratio(w, g, lr, beta, gradient_norm) if adapt else 1.0
+        new_w, _ = self.step(w, v, g, lr, adapt, decay, gradient_norm)
+        w_norm = np.linalg.norm(w.ravel())
+        update_norm = np.linalg.norm((w - new_w).ravel())
+        return {
+            "weight_norm": w_norm,
+            "gradient_norm": np.linalg.norm(g.ravel()),
+            "trust_ratio": ratio,
+            "clipped_trust_ratio": clipped,
+            "local_learning_rate": lr * clipped,
+            "update_norm": update_norm,
+            "update_ratio": update_norm / w_norm if w_norm > 0 else np.inf,
+        }
