@@ -129,6 +129,7 @@ class LayerStatisticsWriter:
         directory: str, created if missing. An existing CSV is appended to
             (a resumed run), if its columns match.
         tensorboard: bool, also write TensorBoard summaries (needs TensorFlow).
+        tensorboard_dir: str, where they go; None: `directory`.
         scalar_variables: None (default: the first and the last adapted
             variables, e.g. the first convolution's and the classifier's
             kernels) or a list of regexes searched in variable paths; one
@@ -140,7 +141,7 @@ class LayerStatisticsWriter:
         ImportError: with `tensorboard=True` and no TensorFlow.
     """
 
-    def __init__(self, directory, *, tensorboard=True, scalar_variables=None):
+    def __init__(self, directory, *, tensorboard=True, tensorboard_dir=None, scalar_variables=None):
         self.directory = directory
         self.csv_path = os.path.join(directory, CSV_NAME)
         self.scalar_variables = None if scalar_variables is None else [re.compile(p) for p in scalar_variables]
@@ -151,8 +152,7 @@ class LayerStatisticsWriter:
             except ImportError as error:
                 raise ImportError("TensorBoard logging of layer statistics needs TensorFlow; "
                                   "pass tensorboard=False to write only the CSV file.") from error
-            os.makedirs(directory, exist_ok=True)
-            self._summary_writer = tf.summary.create_file_writer(directory)
+            self._summary_writer = tf.summary.create_file_writer(tensorboard_dir or directory)
         self._scalar_indices = None
 
     def write(self, optimizer, step=None):

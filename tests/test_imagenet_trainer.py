@@ -335,7 +335,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_imag
 def test_loops_of_one_and_of_n_steps_end_identical(tiny_imagenet, tmp_path, optimizer_flags):
     data_dir, _, _ = tiny_imagenet
     flags = [*SMALL_RUN, "--epochs", "2", "--eval-every-epochs", "1", "--deterministic",
-             "--checkpoint-every-steps", "5", *optimizer_flags]
+             "--checkpoint-every-steps", "5", "--layer-statistics-every", "2", *optimizer_flags]
     runs = {}
     for steps_per_loop in (1, 4):  # 4 divides neither the epoch (6 steps) nor the checkpoint interval
         out = tmp_path / f"loop{steps_per_loop}"
@@ -349,6 +349,8 @@ def test_loops_of_one_and_of_n_steps_end_identical(tiny_imagenet, tmp_path, opti
     assert four["evals"] == one["evals"]
     assert sorted(os.listdir(tmp_path / "loop4" / "checkpoints")) == sorted(
         os.listdir(tmp_path / "loop1" / "checkpoints"))
+    statistics = [(tmp_path / f"loop{n}" / "layer_statistics.csv").read_text() for n in (1, 4)]
+    assert statistics[0] == statistics[1] and len(statistics[0].splitlines()) == 1 + 6 * 23  # ResNet-8: 23 variables
 
 
 def _mlperf_entries(out):

@@ -1,5 +1,6 @@
 """The trainer end to end on real Fashion-MNIST, its data path and its models."""
 
+import csv
 import gzip
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import keras_lars
 from keras_lars.train.config import TrainConfig, parse_args
 from keras_lars.train.controller import loop_lengths
 from keras_lars.train.data import DEBIAN_FASHION_MNIST_DIR
@@ -110,6 +112,9 @@ def test_cli_rejects_bad_values(capsys):
     assert _cli_error(capsys, "--lars-opt-base-learning-rate", "nan").endswith("Received: nan")
     assert "--steps-per-loop must be an int >= 0" in _cli_error(capsys, "--steps-per-loop", "-1")
     assert "invalid choice: 'adam'" in _cli_error(capsys, "--optimizer", "adam")
+    assert _cli_error(capsys, "--optimizer", "sgd", "--layer-statistics-every", "5").endswith(
+        "--layer-statistics-every must be 0 with --optimizer sgd (layer statistics are LARS's and CLARS's). "
+        "Received: 5")
     # CLARS needs no warmup, so its default fits one epoch.
     assert parse_args(["--epochs", "1", "--optimizer", "clars"]).lars_opt_learning_rate_warmup_epochs == 0
 
@@ -128,6 +133,8 @@ def test_loop_lengths_end_at_epochs_and_checkpoints():
     assert loop_lengths(6, 10, 4, 3) == [3, 1]
     assert loop_lengths(7, 10, 100, 3) == [2, 1]
     assert loop_lengths(5, 5, 4) == []
+    assert loop_lengths(0, 10, 4, 3, 5) == [3, 2, 1, 3, 1]  # checkpoints and layer statistics
+    assert loop_lengths(0, 10, 4, 0, 5) == [4, 1, 4, 1]
 
 
 def _small_config(data_dir, out, **overrides):
@@ -229,12 +236,39 @@ def test_trainer_with_clars(fashion_mnist_dir, tmp_path):
     config = parse_args(["--dataset", "fashion_mnist", "--model", "resnet8", "--data-dir", fashion_mnist_dir,
                          "--output-dir", str(tmp_path), "--optimizer", "clars", "--global-batch-size", "512",
                          "--epochs", "2", "--steps-per-epoch", "10", "--lars-opt-base-learning-rate", "6",
-                         "--label-smoothing", "0", "--input-benchmark-steps", "0"])
+                         "--label-smoothing", "0", "--input-benchmark-steps", "0",
+                         "--layer-statistics-every", "4", "--steps-per-loop", "3"])
     assert config.eta == 0.01 and config.lars_opt_learning_rate_warmup_epochs == 0.0  # CLARS: no warmup
     summary = run(config)
+    _check_layer_statistics(tmp_path, config)
     losses = summary["train_loss_by_epoch"]
     # 20 CLARS steps from step 0 at LR 6 with no warmup (measured: train loss
     # 2.27 -> 2.18): it trains, slowly at first, as the per-example norms
     # shrink the early steps; no update would stay at ~2.30.
     assert losses[2] < losses[1] - 0.05, losses
     assert summary["evals"][-1]["examples"] == 10_000
+
+
+def _check_layer_statistics(out, config):
+    """The trainer's statistics file: every 4th step (loops of 3 cut there),
+    CLARS's trust ratio and local LR consistent with Eq. 5 and the schedule,
+    TensorBoard events, and the plot command's PNGs."""
+    with open(out / "layer_statistics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({int(r["step"]) for r in rows}) == [4, 8, 12, 16, 20]
+    schedule = keras_lars.schedules.WarmupPolynomialDecay(6.0, 0, 20, end_learning_rate=1e-4)
+    adapted = [r for r in rows if r["adapted"] == "1"]
+    assert len(adapted) == 5 * 8  # ResNet-8: 7 convolution kernels and the classifier's
+    for r in adapted:
+        w, n_k, ratio = float(r["weight_norm"]), float(r["mean_per_example_norm"]), float(r["trust_ratio"])
+        assert ratio == pytest.approx(0.01 * w / (n_k + 1e-4 * w), rel=1e-5)
+        lr = float(schedule(int(r["step"]) - 1))  # the LR of the step's update
+        assert float(r["local_learning_rate"]) == pytest.approx(lr * ratio, rel=1e-5)
+        assert float(r["gradient_variance_factor"]) > 1 and 0 < float(r["gradient_variance_ratio"]) <= 1
+    assert os.listdir(out / "tensorboard" / "layer_statistics")
+    result = subprocess.run([sys.executable, "-m", "keras_lars.plots", str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(os.listdir(out / "plots"))
+    assert names == ["gradient_variance.png", "local_learning_rate.png", "norms_step_4.png"]
+    assert all((out / "plots" / n).stat().st_size > 20_000 for n in names)

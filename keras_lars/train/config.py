@@ -65,6 +65,7 @@ class TrainConfig:
     jit_compile: str = "auto"
     initial_loss_scale: float = 32768.0
     checkpoint_every_steps: int = 0
+    layer_statistics_every: int = 0
     input_benchmark_steps: int = 10
     deterministic: bool = False
     data_dir: str = ""
@@ -118,6 +119,10 @@ class TrainConfig:
                  self.initial_loss_scale, "a finite float > 0")
         _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", self.checkpoint_every_steps,
                  "an int >= 0 (0: at the end of each epoch only)")
+        _require(self.layer_statistics_every >= 0, "layer_statistics_every", self.layer_statistics_every,
+                 "an int >= 0 (0: off)")
+        _require(not self.layer_statistics_every or self.optimizer != "sgd", "layer_statistics_every",
+                 self.layer_statistics_every, "0 with --optimizer sgd (layer statistics are LARS's and CLARS's)")
         _require(self.input_benchmark_steps >= 0, "input_benchmark_steps", self.input_benchmark_steps, "an int >= 0")
 
     def _resolve_defaults(self):
@@ -188,7 +193,7 @@ _HELP = {
     "target_accuracy": "stop once eval top-1 reaches this; default 0.759 (MLPerf's) for imagenet2012, none "
     "(all epochs run) for other datasets",
     "steps_per_loop": "optimizer steps per host call (one tf.function running a device loop); loops also end "
-    "at epoch ends and --checkpoint-every-steps multiples. 0: 500 on GPU/TPU, 10 on CPU (measured fastest, benchmarks/steps_per_loop.py)",
+    "at epoch ends and --checkpoint-every-steps and --layer-statistics-every multiples. 0: 500 on GPU/TPU, 10 on CPU (measured fastest, benchmarks/steps_per_loop.py)",
     "distribution": "tf.distribute strategy; auto: TPU if a TPU resolver finds one, else MirroredStrategy "
     "over several GPUs, else the default strategy. multi_worker_mirrored reads TF_CONFIG",
     "cpu_devices": "split the CPU into this many logical devices (MirroredStrategy over CPUs, for testing)",
@@ -199,6 +204,9 @@ _HELP = {
     "initial_loss_scale": "mixed_float16 only: the dynamic loss scale's starting value (halved after each "
     "step with non-finite gradients, which is skipped)",
     "checkpoint_every_steps": "also checkpoint every N optimizer steps (a checkpoint ends every epoch)",
+    "layer_statistics_every": "every N optimizer steps, write each layer's LARS/CLARS statistics (trust ratio, "
+    "local LR, norms; CLARS: n_k, M_k) to OUTPUT_DIR/layer_statistics.csv and TensorBoard "
+    "(tensorboard/layer_statistics); plot with python -m keras_lars.plots OUTPUT_DIR. 0: off",
     "input_benchmark_steps": "steps of the input pipeline alone, timed before training (0: skip)",
     "deterministic": "deterministic TensorFlow ops (tf.config.experimental.enable_op_determinism)",
     "data_dir": "TFDS data directory (default: TFDS's, ~/tensorflow_datasets)",

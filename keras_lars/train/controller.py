@@ -1,8 +1,9 @@
 """The outer training loop, as Orbit's `Controller` (orbit/controller.py):
 it cuts a run's optimizer steps into device loops (`Steps.train_loop`, many
 steps per host call) that end at epoch ends and at `--checkpoint-every-steps`
-multiples, and between loops runs small actions: progress bar and TensorBoard
-scalars, the divergence guard, checkpoints, evals, MLPerf blocks.
+multiples (and `--layer-statistics-every` ones), and between loops runs small
+actions: progress bar and TensorBoard scalars, layer statistics, the
+divergence guard, checkpoints, evals, MLPerf blocks.
 """
 
 import hashlib
@@ -15,15 +16,16 @@ import numpy as np
 import tensorflow as tf
 from mlperf_logging.mllog import constants as mlperf
 
+from keras_lars import layer_statistics
 from keras_lars.train import guard
 
 
-def loop_lengths(start, end, steps_per_loop, checkpoint_every_steps=0):
+def loop_lengths(start, end, steps_per_loop, *every):
     """Sizes of the device loops that run optimizer steps start+1 .. end.
 
     Each loop has at most `steps_per_loop` steps and ends at every multiple of
-    `checkpoint_every_steps` (0: none), so the loops between two boundaries
-    do not depend on where a run resumed.
+    each of `every` (ints; 0: none), such as `--checkpoint-every-steps`, so
+    the loops between two boundaries do not depend on where a run resumed.
 
     Returns:
         list of ints >= 1 summing to `end - start`.
@@ -31,8 +33,9 @@ def loop_lengths(start, end, steps_per_loop, checkpoint_every_steps=0):
     lengths, step = [], start
     while step < end:
         stop = min(end, step + steps_per_loop)
-        if checkpoint_every_steps:
-            stop = min(stop, (step // checkpoint_every_steps + 1) * checkpoint_every_steps)
+        for n in every:
+            if n:
+                stop = min(stop, (step // n + 1) * n)
         lengths.append(stop - step)
         step = stop
     return lengths
@@ -52,9 +55,13 @@ class Controller:
         self.epoch_losses, self.epoch_lrs = {}, {}
         self.timed_seconds, self.timed_steps, self._loops_run = 0.0, 0, 0
         self._block_first = None
-        self._finite = guard.FiniteCheck(job.model.weights + job.model.optimizer.variables)
+        self._finite = guard.FiniteCheck(job.model.weights + _state_variables(job.model.optimizer))
         self._writer = (tf.summary.create_file_writer(os.path.join(self.config.output_dir, "tensorboard"))
                         if job.chief else None)
+        self._statistics = (layer_statistics.LayerStatisticsWriter(
+            self.config.output_dir,
+            tensorboard_dir=os.path.join(self.config.output_dir, "tensorboard", "layer_statistics"))
+            if job.chief and self.config.layer_statistics_every else None)
 
     def train(self):
         try:
@@ -69,8 +76,9 @@ class Controller:
                 self.job.progress["epochs_done"].assign(epoch)
                 self._checkpoint()
         finally:
-            if self._writer:
-                self._writer.close()
+            for writer in (self._writer, self._statistics):
+                if writer:
+                    writer.close()
         return self.results()
 
     def results(self):
@@ -112,10 +120,11 @@ class Controller:
             print(f"Epoch {epoch}/{self.config.epochs}")
         losses = []
         for length in loop_lengths(self.step, epoch_start + spe, job.steps_per_loop,
-                                   self.config.checkpoint_every_steps):
+                                   self.config.checkpoint_every_steps, self.config.layer_statistics_every):
             loop_losses = self._run_loop(iterator, length)
             losses.extend(loop_losses)
             lr = self._log_loop(loop_losses)
+            self._log_layer_statistics()
             progbar.update(self.step - epoch_start, [("loss", float(np.mean(loop_losses))), ("learning_rate", lr)])
             every = self.config.checkpoint_every_steps
             if every and self.step % every == 0 and self.step % spe:
@@ -151,6 +160,12 @@ class Controller:
                     tf.summary.scalar("train/loss", loss, step=step)
                     tf.summary.scalar("train/learning_rate", lr, step=step)
         return float(lrs[-1])
+
+    def _log_layer_statistics(self):
+        """The last step's per-layer statistics, at multiples of
+        `--layer-statistics-every` (loops end there)."""
+        if self._statistics and self.step % self.config.layer_statistics_every == 0:
+            self._statistics.write(self.job.model.optimizer, self.step)
 
     # Actions between loops.
 
@@ -209,6 +224,15 @@ class Controller:
     def _stop_block(self):
         self.job.log.end(mlperf.BLOCK_STOP, first_epoch_num=self._block_first)
         self._block_first = None
+
+
+def _state_variables(optimizer):
+    """The optimizer's variables less its layer statistics: a statistic of a
+    diverging step (an infinite trust ratio) is what the user should see,
+    not a reason to refuse a checkpoint."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    statistics = {id(v) for v in getattr(inner, "layer_statistics_variables", [])}
+    return [v for v in optimizer.variables if id(v) not in statistics]
 
 
 def weights_fingerprint(model):

@@ -56,6 +56,7 @@ def build_optimizer(config, steps_per_epoch, trainable_variables, xla=False, dty
             eta=config.eta,
             epsilon=config.lars_epsilon,
             jit_compile=xla,
+            layer_statistics=config.layer_statistics_every > 0,
         )
     else:
         optimizer = keras.optimizers.SGD(
