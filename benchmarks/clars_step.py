@@ -10,6 +10,7 @@ ratios. Peak memory is TensorFlow's allocator peak during one step
 The last columns say where the extra time goes: the multiply-adds of the norm
 computation (per layer the cheaper of ghost norm and materialized per-example
 gradients) as a fraction of the model's forward + backward multiply-adds.
+"stats" rows: the same optimizers with `layer_statistics=True`.
 
     python benchmarks/clars_step.py [--rounds 7] [--with-224]
 """
@@ -83,6 +84,9 @@ def bench(label, rounds):
     contenders = {
         "LARS": _model(name, input_shape, classes, keras_lars.LARS(learning_rate=0.1)),
         "CLARS": _model(name, input_shape, classes, keras_lars.CLARS(learning_rate=0.1)),
+        "LARS stats": _model(name, input_shape, classes, keras_lars.LARS(learning_rate=0.1, layer_statistics=True)),
+        "CLARS stats": _model(name, input_shape, classes,
+                              keras_lars.CLARS(learning_rate=0.1, layer_statistics=True)),
         f"CLARS |J|={batch // 4}": _model(
             name, input_shape, classes, keras_lars.CLARS(learning_rate=0.1), sub_batch_size=batch // 4
         ),

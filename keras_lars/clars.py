@@ -48,6 +48,14 @@ class CLARS(LARS):
     not per-example and do not enter n_k. Per-example norms need the
     TensorFlow backend.
 
+    With `layer_statistics=True`, CLARS records LARS's statistics and, per
+    adapted variable, `CLARS_STATISTICS`: n_k, ||g_k|| / n_k, the mean squared
+    per-example norm (1/B) sum_i ||grad_k f_i||^2 and the gradient variance
+    factor M_k = that / ||g_k||^2 (Fig. 2 of the paper; with BatchNorm in
+    training mode, of example i's contribution, as n_k). Under gradient
+    accumulation these are over all the step's examples (micro-batches of
+    equal size).
+
     Args:
         learning_rate: the global LR gamma_t (gamma_scale in the paper), a float
             or a schedule of the iteration. The paper's ImageNet runs use no

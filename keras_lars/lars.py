@@ -175,10 +175,12 @@ class LARS(keras.optimizers.Optimizer):
             last applied step: the all-reduced global-batch gradient under
             `tf.distribute` (identical on every replica), the accumulated
             gradient with `gradient_accumulation_steps`; compiled with the
-            update. Off, nothing is created or computed. On, the apply of
-            ResNet-50's 161 tensors takes about 1.1-1.3x as long on a CPU
-            (one more read of the update and of w, g for excluded variables;
-            `benchmarks/optimizer_apply.py`).
+            update. Off, nothing is created or computed (apply time unchanged,
+            measured). On, one apply over ResNet-50's 161 tensors takes about
+            1.2-1.3x as long on a 2-core CPU (one more norm per tensor and 161
+            small writes; `benchmarks/optimizer_apply.py`), a whole train step
+            (ResNet-50, 64x64, batch 32) about 1.0-1.04x
+            (`benchmarks/clars_step.py`).
         clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
         ema_overwrite_frequency, loss_scale_factor,
         gradient_accumulation_steps, name: as in every Keras optimizer
