@@ -72,6 +72,18 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def _adapted(table):
+    """Indices and labels of the adapted variables."""
+    adapted = np.flatnonzero(table.adapted)
+    return adapted, [table.labels()[j] for j in adapted]
+
+
 def plot_norms(table, step, path):
     """||w||, ||g|| and ||w||/||g|| per variable at `step` (Table 2 style)."""
     plt = _pyplot()
@@ -92,9 +104,7 @@ def plot_norms(table, step, path):
     ax.set_title(f"Per-variable norms at optimizer step {table.steps[i]} (LARS paper, Table 2)")
     ax.grid(True, axis="x", which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_local_learning_rate(table, path):
@@ -102,9 +112,8 @@ def plot_local_learning_rate(table, path):
     plt = _pyplot()
     from matplotlib.colors import LogNorm
 
-    adapted = np.flatnonzero(table.adapted)
+    adapted, labels = _adapted(table)
     values = table.values["local_learning_rate"][:, adapted].T
-    labels = [table.labels()[j] for j in adapted]
     fig, ax = plt.subplots(figsize=(10, 1.8 + 0.24 * len(labels)))
     positive = values[np.isfinite(values) & (values > 0)]
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
@@ -116,16 +125,13 @@ def plot_local_learning_rate(table, path):
     ax.set_xlabel("optimizer step")
     ax.set_title("Local learning rate gamma_t * lambda of the adapted variables (LARS paper, Fig. 2)")
     fig.colorbar(mesh, ax=ax, label="local learning rate (log scale)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_gradient_variance(table, path):
     """M_k and ||g_k|| / n_k per adapted variable over training (CLARS Fig. 2)."""
     plt = _pyplot()
-    adapted = np.flatnonzero(table.adapted)
-    labels = [table.labels()[j] for j in adapted]
+    adapted, labels = _adapted(table)
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.95, len(adapted)))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     panels = (
@@ -150,9 +156,7 @@ def plot_gradient_variance(table, path):
 
         mappable = ScalarMappable(norm=Normalize(0, len(adapted) - 1), cmap="viridis")
         fig.colorbar(mappable, ax=axes, label="adapted variable index (0: input side)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_run(run_dir, out=None, step=None):

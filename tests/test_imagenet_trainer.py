@@ -165,11 +165,12 @@ def _no_bn_model():
 
 
 def _steps_after(strategy, optimizer_cls, batches, accumulation=1, xla=False, micro_batch=16, loss_scale=False):
-    """Weights after one optimizer step on `batches` (a list of (x, y) micro-batches)."""
+    """Weights, loss and layer statistics after one optimizer step on
+    `batches` (a list of (x, y) micro-batches)."""
     keras.utils.set_random_seed(7)
     with strategy.scope():
         model = _no_bn_model()
-        optimizer = optimizer_cls(learning_rate=0.5, weight_decay=1e-3, jit_compile=False)
+        optimizer = optimizer_cls(learning_rate=0.5, weight_decay=1e-3, jit_compile=False, layer_statistics=True)
         if loss_scale:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
@@ -182,22 +183,28 @@ def _steps_after(strategy, optimizer_cls, batches, accumulation=1, xla=False, mi
     dataset = strategy.distribute_datasets_from_function(
         lambda c: tf.data.Dataset.from_tensor_slices((x, y)).batch(c.get_per_replica_batch_size(micro_batch)))
     loss = float(steps.train_loop(iter(dataset), 1)[0])
-    return [v.numpy() for v in model.trainable_variables], loss
+    statistics = keras_lars.layer_statistics.read(model.optimizer).values
+    return [v.numpy() for v in model.trainable_variables], loss, statistics
 
 
 @pytest.mark.parametrize("optimizer_cls", [keras_lars.LARS, keras_lars.CLARS])
 def test_global_batch_loss_scaling_gives_the_single_replica_step(mirrored_strategy, optimizer_cls):
     rng = np.random.default_rng(0)
     batch = (rng.normal(size=(16, 8, 8, 3)).astype(np.float32), rng.integers(0, 5, 16).astype(np.int32))
-    single, single_loss = _steps_after(tf.distribute.get_strategy(), optimizer_cls, [batch])
-    two, two_loss = _steps_after(mirrored_strategy, optimizer_cls, [batch])
-    xla, _ = _steps_after(mirrored_strategy, optimizer_cls, [batch], xla=True)
+    single, single_loss, single_statistics = _steps_after(tf.distribute.get_strategy(), optimizer_cls, [batch])
+    two, two_loss, two_statistics = _steps_after(mirrored_strategy, optimizer_cls, [batch])
+    xla, _, xla_statistics = _steps_after(mirrored_strategy, optimizer_cls, [batch], xla=True)
     # Two micro-batches of 8 accumulated: the same step as one batch of 16.
     halves = [(batch[0][:8], batch[1][:8]), (batch[0][8:], batch[1][8:])]
-    accumulated, _ = _steps_after(mirrored_strategy, optimizer_cls, halves, accumulation=2, micro_batch=8)
+    accumulated, _, accumulated_statistics = _steps_after(mirrored_strategy, optimizer_cls, halves,
+                                                          accumulation=2, micro_batch=8)
     # Dynamic loss scaling (as --dtype mixed_float16) divides out exactly.
-    scaled, _ = _steps_after(mirrored_strategy, optimizer_cls, halves, accumulation=2, micro_batch=8,
-                             loss_scale=True)
+    scaled, _, scaled_statistics = _steps_after(mirrored_strategy, optimizer_cls, halves, accumulation=2,
+                                                micro_batch=8, loss_scale=True)
+    # The layer statistics too (CLARS's n_k and M_k over all 16 examples).
+    for statistics in (two_statistics, xla_statistics, accumulated_statistics, scaled_statistics):
+        for name, values in single_statistics.items():
+            np.testing.assert_allclose(statistics[name], values, rtol=1e-5, err_msg=name)
     # An independent reference: the mean label-smoothed loss of the batch.
     keras.utils.set_random_seed(7)
     probs = _no_bn_model()(batch[0])
