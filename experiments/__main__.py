@@ -1,0 +1,48 @@
+"""Runs every claim, cheapest evidence first:
+
+    python -m experiments [--quick] [--out docs/results] [--only NAME,NAME]
+
+Each run is cached under OUT/<claim>/runs/, so an interrupted suite resumes
+where it stopped, and a rerun with every result present only redraws the
+plots. Writes OUT/suite.json (per claim: wall time of this invocation and the
+summed training time of its runs).
+"""
+
+import argparse
+import glob
+import json
+import os
+import time
+
+CLAIMS = ("batch_scaling", "warmup", "longer_training", "gradient_variance", "trust_ratios")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=",".join(CLAIMS), help="comma-separated subset of " + ", ".join(CLAIMS))
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(names) - set(CLAIMS))
+    if unknown:
+        parser.error(f"unknown claim(s) {unknown}; accepted: {', '.join(CLAIMS)}")
+    import importlib
+
+    from experiments import common
+
+    out = args.out or ("runs/experiments_quick" if args.quick else "docs/results")
+    suite = {}
+    for name in names:
+        start = time.time()
+        module = importlib.import_module(f"experiments.{name}")
+        module.main(["--out", out] + (["--quick"] if args.quick else []))
+        runs = glob.glob(os.path.join(out, name, "runs", "*.json"))
+        trained = sum(json.load(open(p)).get("seconds", 0) for p in runs)
+        suite[name] = dict(wall_seconds=round(time.time() - start, 1), runs=len(runs), training_seconds=round(trained, 1))
+        print(f"{name}: {suite[name]}")
+    common.write_json(os.path.join(out, "suite.json"), suite)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""What every experiment shares: Fashion-MNIST in memory, the models, the
+three optimizers on one schedule, and cached `model.fit` runs.
+
+A run is described by a `RunSpec` (a frozen dataclass). `run(spec, cache_dir)`
+trains it once with `model.fit` and writes `cache_dir/<spec.run_id()>.json`
+(the spec, test top-1 and train loss per epoch, wall time, divergence); a later
+call with the same spec reads that file instead of training, so a suite
+resumes where it stopped.
+
+The three methods differ only in the trust ratio and the warmup:
+
+- "sgd": momentum SGD with coupled L2 weight decay (Goyal et al. 2017), i.e.
+  `keras_lars.LARS` with every variable excluded from layer adaptation
+  (lambda = 1): the same update, momentum form and decay as LARS otherwise.
+- "lars": `keras_lars.LARS` (You et al. 2017, Algorithm 1).
+- "clars": `keras_lars.CLARS` (Huo et al. 2021, Eq. 5) with
+  `keras_lars.attach_per_example_norms`.
+
+All use `keras_lars.schedules.WarmupPolynomialDecay` (linear warmup from 0,
+then polynomial decay of power 2 to `END_LEARNING_RATE`, MLPerf's shape);
+biases and BatchNorm parameters get neither adaptation nor weight decay.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_lars  # noqa: E402
+from keras_lars.schedules import WarmupPolynomialDecay  # noqa: E402
+from keras_lars.train import models as train_models  # noqa: E402
+
+METHODS = ("sgd", "lars", "clars")
+MODELS = ("mlp3", "resnet8", "resnet50", "fcn5", "cnn5")
+END_LEARNING_RATE = 1e-4
+TRAIN_EXAMPLES = 60000
+NUM_CLASSES = 10
+# Fashion-MNIST's mean and std (as the trainer's preprocessing).
+MEAN, STD = 0.2860, 0.3530
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run.
+
+    Attributes:
+        method: one of `METHODS`.
+        batch_size: int, the global batch (examples per optimizer step).
+        learning_rate: float > 0, the peak LR gamma reached after warmup (for
+            "sgd", already scaled by the linear scaling rule).
+        epochs: int >= 1; an epoch is 60,000 // batch_size steps (the last
+            partial batch is dropped).
+        warmup_epochs: float >= 0, linear warmup length in epochs.
+        model: one of `MODELS`.
+        eta: trust coefficient (ignored by "sgd").
+        weight_decay: coupled L2 coefficient beta (all methods).
+        momentum: float in [0, 1).
+        nesterov: bool.
+        power: polynomial decay power; 0 keeps the LR constant after warmup.
+        image_size: int, square input size (Fashion-MNIST is 28; resnet50 uses
+            64: images are resized and repeated to 3 channels).
+        seed: int, seeds the initial weights and the data order.
+        max_steps: int, 0 (all) or a cap on optimizer steps per epoch; then
+            only the first 1,000 test images are evaluated (the `--quick` mode).
+        statistics_every: int, 0 or log `keras_lars` layer statistics every N
+            steps (LARS/CLARS/SGD-as-LARS only).
+    """
+
+    method: str
+    batch_size: int
+    learning_rate: float
+    epochs: int
+    warmup_epochs: float = 0.0
+    model: str = "resnet8"
+    eta: float = 0.001
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    power: float = 2.0
+    image_size: int = 28
+    seed: int = 0
+    max_steps: int = 0
+    statistics_every: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}. Received: {self.method!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}. Received: {self.model!r}")
+        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= TRAIN_EXAMPLES):
+            raise ValueError(f"batch_size must be an int in [1, {TRAIN_EXAMPLES}]. Received: {self.batch_size!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate!r}")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise ValueError(f"epochs must be an int >= 1. Received: {self.epochs!r}")
+
+    @property
+    def steps_per_epoch(self):
+        steps = TRAIN_EXAMPLES // self.batch_size
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def run_id(self):
+        """A readable, unique file name stem for this spec."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        return f"{self.model}_{self.method}_b{self.batch_size}_lr{self.learning_rate:g}_e{self.epochs}_s{self.seed}_{digest}"
+
+
+_DATA = {}
+
+
+def fashion_mnist():
+    """Fashion-MNIST through the real TFDS builder (prepared offline from
+    Debian's files when present), as normalised float32 NumPy arrays:
+    ((60000, 28, 28, 1), (60000,) int32, (10000, 28, 28, 1), (10000,) int32)."""
+    if not _DATA:
+        from keras_lars.train import data
+
+        builder = data.get_builder("fashion_mnist")
+        for split in ("train", "test"):
+            batch = tfds_as_numpy(builder, split)
+            images = (batch["image"].astype(np.float32) / 255.0 - MEAN) / STD
+            _DATA[split] = (images, batch["label"].astype(np.int32))
+    return _DATA["train"] + _DATA["test"]
+
+
+def tfds_as_numpy(builder, split):
+    import tensorflow_datasets as tfds
+
+    return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+
+
+def _images(x, image_size):
+    """Resizes to image_size (bilinear) and repeats to 3 channels for resnet50."""
+    if image_size == 28:
+        return x
+    return tf.image.grayscale_to_rgb(tf.image.resize(x, (image_size, image_size)))
+
+
+def datasets(spec):
+    """(train, test) `tf.data.Dataset`s: the train order depends only on
+    `spec.seed`, so every method sees the same batches."""
+    x, y, x_test, y_test = fashion_mnist()
+    train = tf.data.Dataset.from_tensor_slices((x, y))
+    train = train.shuffle(len(x), seed=spec.seed, reshuffle_each_iteration=True)
+    train = train.batch(spec.batch_size, drop_remainder=True)
+    test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(1000)
+    if spec.max_steps:  # the quick mode: a few train steps, one test batch
+        train, test = train.take(spec.max_steps), test.take(1)
+    if spec.image_size != 28:
+        resize = lambda a, b: (_images(a, spec.image_size), b)  # noqa: E731
+        train, test = train.map(resize), test.map(resize)
+    return train.prefetch(2), test.prefetch(2)
+
+
+def build_model(name, image_size=28):
+    """A model of `MODELS`, ending in a float32 softmax (as the trainer's):
+
+    - resnet8, resnet50: the trainer's CIFAR ResNet-8 and ResNet-50 v1.5.
+    - mlp3: 784-512-256-128-10 with BatchNorm and ReLU (bias-free hidden
+      layers): the batch-scaling model, ~50x cheaper per image than ResNet-8.
+    - fcn5, cnn5: the CLARS paper's 5-layer sigmoid nets of Fig. 2 (the paper
+      gives no widths): fcn5 784-512-256-128-64-10; cnn5 three 3x3 convs
+      (16/32/64, each followed by 2x2 max pooling) and two dense layers (128, 10).
+    """
+    if name in ("resnet8", "resnet50"):
+        channels = 3 if name == "resnet50" else 1
+        return train_models.build_model(name, NUM_CLASSES, (image_size, image_size, channels))
+    layers = keras.layers
+    inputs = keras.Input((image_size, image_size, 1), name="images")
+    x = layers.Flatten(name="flatten")(inputs) if name != "cnn5" else inputs
+    if name == "mlp3":
+        for i, width in enumerate((512, 256, 128)):
+            x = layers.Dense(width, use_bias=False, name=f"fc{i + 1}")(x)
+            x = layers.ReLU(name=f"relu{i + 1}")(layers.BatchNormalization(name=f"bn{i + 1}")(x))
+    elif name == "fcn5":
+        for i, width in enumerate((512, 256, 128, 64)):
+            x = layers.Dense(width, activation="sigmoid", name=f"fc{i + 1}")(x)
+    else:
+        for i, filters in enumerate((16, 32, 64)):
+            x = layers.Conv2D(filters, 3, padding="same", activation="sigmoid", name=f"conv{i + 1}")(x)
+            x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dense(128, activation="sigmoid", name="fc4")(x)
+    x = layers.Dense(NUM_CLASSES, name=f"fc{5 if name != 'mlp3' else 4}")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_optimizer(spec):
+    steps = spec.steps_per_epoch
+    schedule = WarmupPolynomialDecay(
+        base_learning_rate=spec.learning_rate,
+        warmup_steps=int(round(spec.warmup_epochs * steps)),
+        train_steps=max(steps * spec.epochs, int(round(spec.warmup_epochs * steps)), 1),
+        end_learning_rate=END_LEARNING_RATE if spec.power else spec.learning_rate,
+        power=spec.power or 1.0,
+    )
+    options = dict(
+        learning_rate=schedule,
+        momentum=spec.momentum,
+        nesterov=spec.nesterov,
+        weight_decay=spec.weight_decay,
+        eta=spec.eta,
+        layer_statistics=spec.statistics_every > 0,
+    )
+    if spec.method == "sgd":
+        return keras_lars.LARS(exclude_from_layer_adaptation=lambda variable: True, **options)
+    if spec.method == "lars":
+        return keras_lars.LARS(**options)
+    return keras_lars.CLARS(**options)
+
+
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.epochs.append(
+            dict(
+                epoch=epoch + 1,
+                train_loss=_finite(logs.get("loss")),
+                train_top1=_finite(logs.get("accuracy")),
+                test_top1=_finite(logs.get("val_accuracy")),
+                seconds=round(time.time() - self.start, 1),
+            )
+        )
+
+
+def _finite(value):
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def build(spec, jit_compile=True):
+    """(model, optimizer) for `spec`, compiled (and CLARS's taps attached)."""
+    keras.utils.set_random_seed(spec.seed)
+    model = build_model(spec.model, spec.image_size)
+    optimizer = build_optimizer(spec)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    if spec.method == "clars":
+        keras_lars.attach_per_example_norms(model)
+    return model, optimizer
+
+
+def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
+    """Trains `spec` (or reads its cached summary) and returns the summary dict:
+    {"spec", "run_id", "epochs": [{epoch, train_loss, train_top1, test_top1,
+    seconds}], "final_test_top1", "best_test_top1", "diverged", "seconds",
+    "images_per_second"}. A diverged run (non-finite loss) stops early with
+    `diverged` true and `final_test_top1` None."""
+    path = os.path.join(cache_dir, spec.run_id() + ".json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    train, test = datasets(spec)
+    model, _ = build(spec, jit_compile)
+    epoch_log = _EpochLog()
+    start = time.time()
+    history = model.fit(
+        train,
+        epochs=spec.epochs,
+        validation_data=test,
+        callbacks=[keras.callbacks.TerminateOnNaN(), epoch_log, *callbacks],
+        verbose=0,
+    )
+    seconds = time.time() - start
+    losses = history.history.get("loss", [])
+    diverged = len(losses) < spec.epochs or not all(math.isfinite(v) for v in losses)
+    if diverged:
+        epoch_log.epochs = [e for e in epoch_log.epochs if e["train_loss"] is not None]
+    tops = [e["test_top1"] for e in epoch_log.epochs if e["test_top1"] is not None]
+    summary = dict(
+        spec=dataclasses.asdict(spec),
+        run_id=spec.run_id(),
+        epochs=epoch_log.epochs,
+        final_test_top1=None if diverged or not tops else tops[-1],
+        best_test_top1=max(tops) if tops else None,
+        diverged=diverged,
+        seconds=round(seconds, 1),
+        images_per_second=round(spec.steps_per_epoch * spec.batch_size * len(losses) / seconds, 1),
+    )
+    for callback in callbacks:
+        if hasattr(callback, "summary"):
+            summary.update(callback.summary())
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(path + ".tmp", path)
+    log(
+        f"{spec.run_id()}: top-1 {summary['final_test_top1']} diverged={diverged} "
+        f"{seconds:.0f} s ({summary['images_per_second']:.0f} img/s)"
+    )
+    return summary
+
+
+def parse_args(description, argv=None):
+    """The flags every experiment takes: --out, --quick."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default: docs/results, or runs/experiments_quick with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny grid, 2 steps per epoch, no XLA: checks the pipeline, not the science",
+    )
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = "runs/experiments_quick" if args.quick else "docs/results"
+    return args
+
+
+def claim_dir(out, name):
+    path = os.path.join(out, name)
+    os.makedirs(os.path.join(path, "runs"), exist_ok=True)
+    return path
+
+
+def write_json(path, value):
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
+    print(f"wrote {path}")
