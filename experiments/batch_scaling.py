@@ -5,8 +5,8 @@ its own grid at every batch.
     python -m experiments.batch_scaling [--quick] [--out docs/results]
 
 Model: mlp3 (BatchNorm MLP) on Fashion-MNIST, 10 epochs: the only model for
-which 3 methods x 6 batches x 5 LRs (90 runs) fit this machine's budget
-(ResNet-8 runs at ~650-1,300 img/s here, mlp3 at 20,000-45,000).
+which 3 methods x 6 batches x 5+ LRs (about 100 runs) fit this machine's
+budget (ResNet-8 trains at ~650-1,300 img/s here, mlp3 at 15,000-45,000).
 The peak LR is gamma = c * B / 256 (linear scaling, Goyal et al.; the CLARS
 paper's gamma_scale for LARS and CLARS too), c on a grid of 5 points a factor
 2 apart, the same 5 for LARS and CLARS and a grid of equal width for SGD.
@@ -41,6 +41,8 @@ GRIDS = {
 ETAS = {"sgd": 0.001, "lars": 0.001, "clars": 0.01}
 SEEDS = (0, 1, 2)
 MAX_EXTENSIONS = 3
+GOOD_LR_TOLERANCE = 0.02  # top-1, absolute
+FLOOR = 0.5  # the accuracy plot's lower limit
 LABELS = {"sgd": "SGD+momentum (warmup)", "lars": "LARS (warmup, eta 0.001)", "clars": "CLARS (no warmup, eta 0.01)"}
 COLORS = {"sgd": "tab:gray", "lars": "tab:blue", "clars": "tab:red"}
 
@@ -93,6 +95,22 @@ def _tune(method, batch, s, cache, jit):
     return grid
 
 
+def good_lr_range(points, tolerance=GOOD_LR_TOLERANCE):
+    """LARS Fig. 4's "interval of good LRs": the largest and smallest LR of
+    the contiguous run of grid points around the best whose final top-1 is
+    within `tolerance` of the best, and their ratio."""
+    ordered = sorted(points, key=lambda p: p["learning_rate"])
+    scores = [-1.0 if p["final_test_top1"] is None else p["final_test_top1"] for p in ordered]
+    best = max(range(len(ordered)), key=lambda i: scores[i])
+    low = high = best
+    while low > 0 and scores[low - 1] >= scores[best] - tolerance:
+        low -= 1
+    while high < len(ordered) - 1 and scores[high + 1] >= scores[best] - tolerance:
+        high += 1
+    lo, hi = ordered[low]["learning_rate"], ordered[high]["learning_rate"]
+    return dict(tolerance=tolerance, low=lo, high=hi, ratio=hi / lo)
+
+
 def _score(summary):
     top1 = summary["final_test_top1"]
     return -1.0 if top1 is None else top1
@@ -126,7 +144,8 @@ def run_grid(out, quick=False, methods=common.METHODS):
                                    diverged=summary["diverged"], seconds=summary["seconds"], run_id=summary["run_id"]))
             best = max(points, key=_score)
             per_batch[str(batch)] = dict(points=points, best_c=best["c"], best_test_top1=best["final_test_top1"],
-                                         extended=len(points) > len(s["grids"][method]))
+                                         extended=len(points) > len(s["grids"][method]),
+                                         good_lr_range=good_lr_range(points))
         results["methods"][method] = per_batch
     for method in methods:
         for batch in (s["batches"][0], s["batches"][-1]):
@@ -151,31 +170,33 @@ def plot(results, out):
     batches = results["batches"]
     methods = list(results["methods"])
     # Accuracy against batch: best grid point per batch, every grid point faint.
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in methods:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    floor = FLOOR
+    for i, method in enumerate(methods):
         per_batch = results["methods"][method]
+        shift = 2 ** (0.06 * (i - 1))  # side by side at each batch
         for batch in batches:
             for point in per_batch[str(batch)]["points"]:
                 top1 = point["final_test_top1"]
-                ax.scatter(batch, 0.1 if top1 is None else top1, s=14, color=COLORS[method], alpha=0.3,
-                           marker="x" if top1 is None else "o", linewidths=1)
+                below = top1 is None or top1 < floor
+                ax.scatter(batch * shift, floor + 0.004 if below else top1, s=16, color=COLORS[method], alpha=0.35,
+                           marker="v" if below else "o", linewidths=1)
         best = [per_batch[str(b)]["best_test_top1"] or 0.1 for b in batches]
-        ax.plot(batches, best, "-o", color=COLORS[method], label=LABELS[method], lw=2)
+        ax.plot([b * shift for b in batches], best, "-o", color=COLORS[method], label=LABELS[method], lw=2)
         for b in (batches[0], batches[-1]):
             seeds = per_batch[str(b)].get("seeds")
             if seeds and seeds["mean"] is not None:
-                ax.errorbar(b, seeds["mean"], yerr=[[seeds["mean"] - seeds["min"]], [seeds["max"] - seeds["mean"]]],
-                            color=COLORS[method], capsize=4, lw=1.2)
+                ax.errorbar(b * shift, seeds["mean"], yerr=[[seeds["mean"] - seeds["min"]], [seeds["max"] - seeds["mean"]]],
+                            color=COLORS[method], capsize=4, lw=1.2, marker="_", ms=10)
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches, [f"{b // 1024}K" if b >= 1024 else str(b) for b in batches])
     ax.set_xlabel("global batch size (examples per step)")
     ax.set_ylabel(f"test top-1 after {results['epochs']} epochs")
-    lows = [p["final_test_top1"] for m in methods for b in batches for p in results["methods"][m][str(b)]["points"]
-            if p["final_test_top1"] is not None]
-    ax.set_ylim(max(0.0, min(lows + [0.8]) - 0.02) if lows else 0, None)
+    ax.set_ylim(floor, None)
     ax.grid(alpha=0.3)
-    ax.set_title(f"Fashion-MNIST, {results['model']}: best LR per batch (line), every grid point (dots),\n"
-                 "3-seed range at the smallest and largest batch (bars); x: diverged", fontsize=9)
+    ax.set_title(f"Fashion-MNIST, {results['model']}: best LR per batch (line, seed 0), every grid point (dots;\n"
+                 f"triangles: below {floor} or diverged), 3-seed mean and range at the smallest and largest batch (bars)",
+                 fontsize=9)
     ax.legend(fontsize=8, loc="lower left")
     common.save(fig, f"{directory}/accuracy_vs_batch.png")
     # LARS Fig. 4: accuracy against LR at the largest batches.

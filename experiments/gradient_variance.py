@@ -160,7 +160,7 @@ def plot(results, out):
     plt = common.pyplot()
     directory = common.claim_dir(out, NAME)
     models = list(results["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 4.4), squeeze=False, layout="constrained")
     for ax, model in zip(axes[0], models):
         entry = results["models"][model]
         epochs = [r["epoch"] for r in entry["records"]]
@@ -175,7 +175,7 @@ def plot(results, out):
         ax.set_ylabel("gradient variance factor M_k")
         ax.set_title(f"{model} (dark: bottom layer, yellow: top)", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=1 if len(names) <= 8 else 1)
+        ax.legend(fontsize=7, loc="best", framealpha=0.7)
     fig.suptitle(f"CLARS Fig. 2 on Fashion-MNIST: exact per-example M_k over {results['eval_examples']:,} "
                  f"training examples (momentum SGD, LR {results['learning_rate']}, batch {results['batch_size']})",
                  fontsize=10)
