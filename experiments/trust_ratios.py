@@ -171,7 +171,8 @@ def plot(results, out):
         ax.set_xlabel("epoch (log scale; first point: iteration 1)")
         ax.set_ylabel("||w|| / ||grad L(w)||")
         spec = entry["spec"]
-        ax.set_title(f"{model}, LARS, B = {spec['batch_size']}, {spec['epochs']} epoch(s)", fontsize=9)
+        length = f"{spec['max_steps']} steps" if spec["max_steps"] else f"{spec['epochs']} epoch(s)"
+        ax.set_title(f"{model}, LARS, B = {spec['batch_size']}, {length}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
