@@ -10,6 +10,8 @@ from keras_lars.taps import (
     attach_per_example_norms,
     per_example_gradient_norms,
     per_example_squared_norms,
+    register_layer,
+    supported_layers,
 )
 
 __version__ = "0.1.0"
@@ -25,5 +27,7 @@ __all__ = [
     "per_example_gradient_norms",
     "per_example_norms",
     "per_example_squared_norms",
+    "register_layer",
+    "supported_layers",
     "schedules",
 ]

@@ -51,3 +51,159 @@ def colocated_with(variable):
     import tensorflow as tf
 
     return tf.distribute.get_strategy().extended.colocate_vars_with(variable.value)
+
+
+def tap_identity(z, probe, residuals, emit):
+    """`z`, unchanged, on the way forward; on the way back, dL/dz passes
+    through unchanged and the cotangent of `probe` (a float32 tensor that
+    the forward pass does not use) is `emit(residuals, dL/dz)`, a float32
+    tensor of `probe`'s shape. `residuals` (a tensor or a tuple of tensors
+    from the forward pass) get no gradient from the tap.
+
+    On TensorFlow a `tf.custom_gradient`; on JAX a `jax.custom_vjp` (its
+    residuals are explicit inputs: JAX's rules may not close over tracers).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def identity(t, p):
+            def grad(upstream):
+                return upstream, tf.cast(emit(residuals, upstream), p.dtype)
+
+            return tf.identity(t), grad
+
+        return identity(z, tf.convert_to_tensor(probe))
+    if backend == "jax":
+        return _jax_tap(emit)(z, probe, residuals)
+    raise RuntimeError(
+        f"Per-example gradient norms support the TensorFlow and JAX backends; the Keras backend "
+        f"is {backend!r}."
+    )
+
+
+def _jax_tap(emit):
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def identity(t, p, residuals):
+        return t
+
+    def forward(t, p, residuals):
+        return t, (residuals, p.dtype)
+
+    def backward(saved, upstream):
+        residuals, dtype = saved
+        return upstream, jnp.asarray(emit(residuals, upstream), dtype), jax.tree.map(jnp.zeros_like, residuals)
+
+    identity.defvjp(forward, backward)
+    return identity
+
+
+def num_replicas_in_sync():
+    """Replicas the current `tf.distribute` strategy splits each batch over
+    (1 outside one, and on JAX, where a model sees the global batch)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def all_reduce_sum(value):
+    """Sum over the replicas of the current `tf.distribute` replica context;
+    the identity outside one and on JAX (whose SPMD partitioner already sums
+    a cotangent over the batch's shards)."""
+    if keras.backend.backend() != "tensorflow":
+        return value
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def variable_scope_of(model):
+    """The context under which `model`'s variables were created (its
+    `tf.distribute` strategy's scope on TensorFlow), for creating more."""
+    import contextlib
+
+    strategy = getattr(model, "_distribute_strategy", None)
+    if keras.backend.backend() != "tensorflow" or strategy is None:
+        return contextlib.nullcontext()
+    return strategy.scope()
+
+
+def value_and_gradients(model, loss_fn, variables, extra_shapes):
+    """`loss_fn(extras)` and its gradients with respect to `variables` (trainable
+    variables of `model`) and to `extras`, float32 zero tensors of
+    `extra_shapes` that `loss_fn` receives (the taps' probes). A
+    `tf.GradientTape` on TensorFlow; on JAX, `jax.value_and_grad` of the
+    model's stateless call.
+
+    Returns:
+        `(value, variable_gradients, extra_gradients)`.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        extras = [tf.zeros(shape, "float32") for shape in extra_shapes]
+        with tf.GradientTape() as tape:
+            tape.watch(extras)
+            value = loss_fn(extras)
+        grads = tape.gradient(value, list(variables) + extras)
+        return value, grads[: len(variables)], grads[len(variables):]
+    import jax
+    import jax.numpy as jnp
+
+    trainable = model.trainable_variables
+    positions = {id(v): i for i, v in enumerate(trainable)}
+    missing = [v.path for v in variables if id(v) not in positions]
+    if missing:
+        raise ValueError(f"Variables {missing} are not trainable variables of model {model.name!r}.")
+
+    def loss_of(values, extras):
+        with keras.StatelessScope(state_mapping=list(zip(trainable, values))):
+            return loss_fn(extras)
+
+    extras = [jnp.zeros(shape, "float32") for shape in extra_shapes]
+    value, (grads, extra_grads) = jax.value_and_grad(loss_of, argnums=(0, 1))([v.value for v in trainable], extras)
+    return value, [grads[positions[id(v)]] for v in variables], extra_grads
+
+
+def vectorized_squared_norms(call, variables, values, inputs, dy):
+    """Per-example squared norms of the gradients of `call`'s output (with
+    output gradient `dy`) with respect to each of `variables`: a vectorized
+    map of one small backward pass per example. `values` are the variables'
+    values read in the forward pass (JAX differentiates with respect to
+    them). Returns a tuple of float32 (B,) tensors, one per variable."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        def one_example(example):
+            x_i, dy_i = example
+            with tf.GradientTape() as tape:
+                y_i = call(x_i[None])
+            grads = tape.gradient(y_i, variables, output_gradients=dy_i[None])
+            return tf.stack([tf.reduce_sum(tf.square(tf.cast(g, "float32"))) for g in grads])
+
+        squared = tf.vectorized_map(one_example, (inputs, dy))
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        def one_example(x_i, dy_i):
+            def output(vals):
+                with keras.StatelessScope(state_mapping=list(zip(variables, vals))):
+                    return call(x_i[None])
+
+            _, vjp = jax.vjp(output, list(values))
+            grads = vjp(dy_i[None].astype(output(list(values)).dtype))[0]
+            return jnp.stack([jnp.sum(jnp.square(g.astype("float32"))) for g in grads])
+
+        squared = jax.vmap(one_example)(inputs, dy)
+    return tuple(squared[:, j] for j in range(len(variables)))

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_lars import taps
+from keras_lars import _backend, _probes
 from keras_lars.lars import LARS, STATISTICS
 
 # What CLARS's `layer_statistics=True` records after LARS's `STATISTICS`.
@@ -41,12 +41,15 @@ class CLARS(LARS):
     n_k comes from the train step: call
     `keras_lars.attach_per_example_norms(model)` once after `model.compile`
     (see `keras_lars.taps`). It computes the norms in the same forward and
-    backward pass as the gradient; under `tf.distribute` the per-replica sums
-    are all-reduced (SUM), and with `gradient_accumulation_steps = n` they
-    accumulate over the n micro-batches and are divided by n (so n_k is the
-    mean over all n * B examples). Regularisation losses (`model.losses`) are
-    not per-example and do not enter n_k. Per-example norms need the
-    TensorFlow backend.
+    backward pass as the gradient and delivers them as the gradients of
+    probe variables, which `apply` takes out of the gradient list (they are
+    never applied). So they are unscaled with the gradients (loss scaling),
+    summed over the batch's shards by JAX's data parallelism, all-reduced
+    (SUM) over `tf.distribute` replicas by `apply`, and with
+    `gradient_accumulation_steps = n` accumulated over the n micro-batches and
+    divided by n (n_k is the mean over all n * B examples). Regularisation
+    losses (`model.losses`) are not per-example and do not enter n_k. Works
+    on the TensorFlow and JAX backends.
 
     With `layer_statistics=True`, CLARS records LARS's statistics and, per
     adapted variable, `CLARS_STATISTICS`: n_k, ||g_k|| / n_k, the mean squared
@@ -72,9 +75,10 @@ class CLARS(LARS):
         ValueError: at construction, for the arguments LARS rejects, or if
             `trust_ratio_denominator` is given.
         ValueError: at the first step (the first `apply`), if the per-example
-            norms of an adapted variable were not computed in this step (the
+            norms of an adapted variable are not among the gradients (the
             model was not passed to `attach_per_example_norms`, or the
-            gradients came from elsewhere): CLARS never falls back to LARS.
+            probes' gradients were not passed to `apply`): CLARS never falls
+            back to LARS.
 
     References:
         Huo, Gu & Huang, "Large Batch Optimization for Deep Learning Using
@@ -112,14 +116,18 @@ class CLARS(LARS):
             shape=shape, initializer="zeros", dtype="float32", aggregation="only_first_replica", name=name
         )
 
+    # Read by `attach_per_example_norms` (which does not import this module).
+    uses_per_example_norms = True
+
     def apply(self, grads, trainable_variables=None):
-        """Keras's `apply`, preceded by collecting this step's per-example norm
-        sums (all-reduced across replicas, accumulated over micro-batches).
+        """Keras's `apply` on the model's variables, preceded by taking this
+        step's per-example norm sums out of the gradients of the probes
+        (all-reduced across `tf.distribute` replicas, accumulated over
+        micro-batches).
 
         Raises:
-            ValueError: if the sums of an adapted variable with a gradient
-                were not computed in this step's backward pass; nothing is
-                updated then.
+            ValueError: if an adapted variable with a gradient has no probe
+                gradient among `grads`; nothing is updated then.
         """
         grads = list(grads)
         if not grads or (trainable_variables is None and not self.built):
@@ -129,8 +137,10 @@ class CLARS(LARS):
                 self.build(list(trainable_variables))
             self.built = True
         variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
-        self._accumulate_norm_sums(grads, variables)
-        super().apply(grads, trainable_variables)
+        probes = [(g, v) for g, v in zip(grads, variables) if _probes.is_probe(v)]
+        rest = [(g, v) for g, v in zip(grads, variables) if not _probes.is_probe(v)]
+        self._accumulate_norm_sums(probes, rest)
+        super().apply([g for g, _ in rest], [v for _, v in rest])
         self._reset_norm_sums_after_update()
 
     def _sums(self):
@@ -138,15 +148,32 @@ class CLARS(LARS):
             [self.per_example_squared_norm_sums] if self.per_example_squared_norm_sums is not None else []
         )
 
-    def _accumulate_norm_sums(self, grads, variables):
-        indices = [self._get_variable_index(v) for v in variables]
-        needed = [(i, v) for i, v, g in zip(indices, variables, grads) if g is not None and self._adapts[i]]
-        sums = taps.take_norm_sums([v for _, v in needed])
-        by_position = {self._norm_positions[i]: s for (i, _), s in zip(needed, sums)}
+    def _accumulate_norm_sums(self, probes, rest):
+        rows = {}
+        for grad, probe in probes:
+            if grad is None:
+                continue
+            if self.loss_scale_factor is not None:
+                grad = grad / self.loss_scale_factor  # Keras unscales only what it applies.
+            for j, target in enumerate(_probes.targets(probe)):
+                rows[id(target)] = grad[j]
+        needed = [v for g, v in rest if g is not None and self._adapts[self._get_variable_index(v)]]
+        missing = [v.path for v in needed if id(v) not in rows]
+        if missing:
+            shown = ", ".join(repr(p) for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(
+                f"CLARS needs per-example gradient norms for {shown}, but the gradients passed to "
+                "`apply` hold none (no probe gradients). Call `keras_lars.attach_per_example_norms(model)` "
+                "after `model.compile(optimizer=CLARS(...))`, and pass the gradients of all of "
+                "`model.trainable_variables` (model.fit does)."
+            )
         if not self._norm_positions:
             return
         zero = ops.zeros((3,), "float32")
-        table = taps.all_reduce_sum(ops.stack([by_position.get(p, zero) for p in range(len(self._norm_positions))]))
+        by_position = [None] * len(self._norm_positions)
+        for index, position in self._norm_positions.items():
+            by_position[position] = rows.get(id(self._trainable_variables[index]), zero)
+        table = _backend.all_reduce_sum(ops.stack(by_position))
         self.per_example_norm_sums.assign_add(table[:, 0])
         if self.per_example_squared_norm_sums is not None:
             self.per_example_squared_norm_sums.assign_add(table[:, 1:])

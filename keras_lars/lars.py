@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_lars._validation import check_number
+from keras_lars._probes import is_probe
 from keras_lars._backend import colocated_with, dense_gradient, maybe_jit
 from keras_lars.exclusions import ExclusionRules
 
@@ -306,10 +307,43 @@ class LARS(keras.optimizers.Optimizer):
         # are those of an optimizer without the option.
         self.layer_statistics_variables = []
         if self.layer_statistics:
-            self.layer_statistics_variables = [self._add_statistics_variable(v) for v in variables]
+            self.layer_statistics_variables = [
+                None if is_probe(v) else self._add_statistics_variable(v) for v in variables
+            ]
 
     def _build_trust_ratio_state(self, variables):
         """Creates what `_trust_ratio_gradient_norm` reads (CLARS)."""
+
+    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        # Per-example norm probes (`keras_lars.taps`) are never updated: no
+        # slots, accumulators or averages, so that the optimizer's state (and
+        # checkpoints) are the same with or without them.
+        if is_probe(reference_variable):
+            return None
+        return super().add_variable_from_reference(reference_variable, name=name, initializer=initializer)
+
+    def track_probes(self, probes):
+        """Appends per-example norm probes created after this optimizer was
+        built (e.g. attached to a model restored by `load_model`) to its
+        variables, after those it knows (as they come in
+        `model.trainable_variables`); they get no state and no update.
+
+        Args:
+            probes: the probe variables, `PerExampleNorms.probes`.
+        """
+        for probe in probes:
+            key = self._var_key(probe)
+            if key in self._trainable_variables_indices:
+                continue
+            self._trainable_variables_indices[key] = len(self._trainable_variables)
+            self._trainable_variables.append(probe)
+            for name in ("momentums", "layer_statistics_variables", "_accumulated_gradients",
+                         "_model_variables_moving_average"):
+                slots = getattr(self, name, None)
+                if slots:
+                    slots.append(None)
+            self._uses_decay.append(False)
+            self._adapts.append(False)
 
     def _add_statistics_variable(self, variable):
         with colocated_with(variable):
@@ -329,7 +363,8 @@ class LARS(keras.optimizers.Optimizer):
         """For each of `variables`, whether its learning rate is adapted (not
         excluded from layer adaptation by the rules). A list of bools."""
         rules = self._decay_rules if self._adaptation_follows_decay else self._adaptation_rules
-        return [not x for x in rules.resolve(variables)]
+        # Per-example norm probes (`keras_lars.taps`) are never updated.
+        return [not x and not is_probe(v) for v, x in zip(variables, rules.resolve(variables))]
 
     def _apply_weight_decay(self, variables):
         # Weight decay is coupled and applied in `update_step`.

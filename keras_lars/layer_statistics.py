@@ -92,8 +92,9 @@ def read(optimizer, step=None):
     inner = _lars_optimizer(optimizer)
     if not inner.built:
         raise ValueError("The optimizer is not built yet (no step has been taken): no statistics to read.")
-    table = np.stack([np.asarray(keras.ops.convert_to_numpy(v)) for v in inner.layer_statistics_variables])
-    variables = list(inner._trainable_variables)
+    kept = [(v, s) for v, s in zip(inner._trainable_variables, inner.layer_statistics_variables) if s is not None]
+    table = np.stack([np.asarray(keras.ops.convert_to_numpy(s)) for _, s in kept])
+    variables = [v for v, _ in kept]
     return LayerStatistics(
         step=int(keras.ops.convert_to_numpy(inner.iterations)) if step is None else int(step),
         variables=[v.path for v in variables],

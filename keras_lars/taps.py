@@ -1,194 +1,224 @@
-"""Per-example gradient norms inside the ordinary train step (TensorFlow backend).
+"""Per-example gradient norms inside the ordinary train step, on TensorFlow and JAX.
 
-`attach_per_example_norms(model)` taps every layer that owns a variable CLARS
-adapts: the layer's forward pass is unchanged except for an identity on its
-pre-activation output z whose gradient function sees d = dL/dz and, with the
-layer input a kept from the forward pass, computes sum_i ||c_i|| for the
-layer's kernel (and bias), c_i being example i's contribution to the gradient
-(`keras_lars.per_example_norms`). So the norms come out of the SAME forward
-and backward pass as the gradient: Keras's own `train_step` runs unchanged, and
-`CLARS.apply` collects the sums recorded during this step's backward pass.
+How the norms travel: as gradients. `attach_per_example_norms(model)` gives
+every layer owning a variable CLARS adapts a *probe*: a zero-valued float32
+trainable variable of shape (k, 3), one row per tracked variable of the
+layer, that the forward pass never uses. The layer's forward pass is its
+own, plus an identity "tap" on its pre-activation output z (before the bias)
+whose custom gradient passes dL/dz through unchanged and returns, as the
+probe's cotangent, each tracked variable's
 
-With a loss averaged over the global batch B (Keras's default reduction; under
+    [sum_i ||c_i||, sum_i ||c_i||^2, B]            (B: examples in the batch)
+
+computed from d = dL/dz and the layer input a kept from the forward pass
+(`keras_lars.per_example_norms`), c_i being example i's contribution to the
+gradient. So Keras's own `train_step` computes the norm sums as the probes'
+"gradients", in the same forward and backward pass as the gradient, and
+hands them to the optimizer with the other gradients, through the
+framework's own plumbing: `jax.grad`, `tf.GradientTape`, XLA, gradient
+accumulation (summed with the gradients, then averaged), loss scaling
+(unscaled with them), JAX's SPMD data parallelism (a cotangent of a
+replicated variable is summed over the batch's shards). `CLARS.apply` takes
+the probes' gradients out of the list (they are never applied, and have no
+optimizer state) and, under `tf.distribute`, sums them over the replicas
+as the gradients are. (Not `overwrite_with_gradient`: `LossScaleOptimizer`
+would not unscale them.) Why not a side channel: JAX's transformations only
+return what is a function of their inputs, and module-level tables keyed by
+thread and graph needed hand-carrying across every XLA boundary.
+
+No state lives in this module except `LAYER_RULES`, the registry of how to
+tap each layer class (`register_layer`). An attachment lives on its model;
+the probes live in the tapped layers' sub-layer list, which saving skips:
+a saved model (`model.save`, `save_weights`) holds only the layers' own
+variables and loads into a model built without taps.
+
+With a loss averaged over the global batch B (Keras's default reduction; on
 `tf.distribute` Keras also divides each replica's loss by the number of
-replicas), c_i = grad f_i / B, so sum_i ||c_i|| = (1/B) sum_i ||grad f_i||:
-each replica sums over its own examples and `CLARS` all-reduces (SUM) the sums.
+replicas), c_i = grad f_i / B, so sum_i ||c_i|| = (1/B) sum_i ||grad f_i||.
 
-BatchNorm in training mode couples the examples of a batch; d then carries the
-batch statistics' cross-example terms and c_i = a_i (x) d_i is example i's
-contribution to the batch gradient, the quantity hook-based per-example
-methods (Opacus, BackPACK) compute; it is not the gradient of f_i evaluated on
-example i alone.
+BatchNorm in training mode couples the examples of a batch; d then carries
+the batch statistics' cross-example terms and c_i = a_i (x) d_i is example
+i's contribution to the batch gradient, the quantity hook-based per-example
+methods (Opacus, BackPACK) compute; it is not the gradient of f_i evaluated
+on example i alone.
+
+A layer called more than once per step (a shared layer) adds the norm sums
+of its calls, which is not the norm of its summed per-example gradients: a
+functional model's shared layers are refused at attach time.
 """
 
-import itertools
+import dataclasses
 import math
-import threading
-import weakref
 
 import keras
 from keras import ops
 
+from keras_lars import _backend, _probes
+from keras_lars._probes import is_probe  # noqa: F401 (public: tell probes from weights)
 from keras_lars.per_example_norms import METHODS, conv_squared_norms, dense_squared_norms
 
 UNSUPPORTED_LAYER_POLICIES = ("error", "vectorized")
-
-# Norm sums recorded by gradient functions, per replica (tf.distribute runs each
-# replica in its own thread): {replica key: {variable id: [(graph, forward call
-# id, sum), ...]}}.
-_tables = {}
-_tables_lock = threading.Lock()
-# Active attachment per model (weak: attaching never keeps a model alive).
-_attachments = weakref.WeakKeyDictionary()
-_call_ids = itertools.count()
+_ATTACHMENT = "_keras_lars_per_example_norms"
 
 
-def _require_tensorflow(what):
-    if keras.backend.backend() != "tensorflow":
-        raise RuntimeError(
-            f"{what} needs the TensorFlow backend (per-example gradient norms are taken in "
-            f"TensorFlow's backward pass); the Keras backend is {keras.backend.backend()!r}."
-        )
+@dataclasses.dataclass(frozen=True)
+class LayerRule:
+    """How to tap one layer class.
+
+    Attributes:
+        forward: `forward(layer, tap, *args, **kwargs) -> outputs`, the
+            layer's `call(*args, **kwargs)` with one call
+            `z = tap(z, residuals)` on the output z whose gradient
+            d = dL/dz gives the per-example gradients of the layer's own
+            trainable variables (for Dense: x @ kernel, before the bias).
+            `residuals` is a tensor or a tuple of tensors from the forward
+            pass (e.g. the layer input), each with the batch on axis 0.
+        squared_norms: `squared_norms(layer, residuals, d, method) -> tuple`
+            of float32 (B,) tensors, ||c_i||^2 for each of the layer's own
+            trainable variables (`layer._trainable_variables`, in order),
+            with keras.ops only (it runs on both backends). `method` is
+            "ghost", "materialize" or "auto" (`per_example_norms.METHODS`).
+    """
+
+    forward: object
+    squared_norms: object
 
 
-def _current_graph():
-    import tensorflow as tf
-
-    return None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+# Layer class -> LayerRule. Filled below and by `register_layer`.
+LAYER_RULES = {}
 
 
-def _visible(graph, current):
-    # A sum recorded in an enclosing graph (the train step) is usable inside a
-    # nested one (a cond branch around `apply`, e.g. loss scaling).
-    if graph is None:
-        return current is None
-    while current is not None:
-        if current is graph:
-            return True
-        current = getattr(current, "outer_graph", None)
-    return False
+def register_layer(layer_class, forward, squared_norms):
+    """Teaches the taps a layer class (it and subclasses that keep its `call`).
 
+    Example, a layer computing y = x * scale with a (C,) scale vector:
 
-def _replica_key():
-    # Sums are kept per replica, not per thread: a LossScaleOptimizer under
-    # MirroredStrategy runs `CLARS.apply` in other threads (its merge_call)
-    # than the backward pass that recorded them, with the same replica id.
-    import tensorflow as tf
+    ```python
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=input_shape[-1:], initializer="ones")
 
-    context = tf.distribute.get_replica_context()
-    if context is not None and tf.distribute.has_strategy():
-        replica = tf.get_static_value(context.replica_id_in_sync_group)
-        if replica is not None:
-            return (id(tf.distribute.get_strategy()), int(replica))
-    return ("thread", threading.get_ident())
+        def call(self, x):
+            return x * self.scale
 
+    def forward(layer, tap, x):
+        return tap(x * layer.scale, x)      # residuals: the input x
 
-def _table():
-    with _tables_lock:
-        return _tables.setdefault(_replica_key(), {})
+    def squared_norms(layer, x, d, method):
+        # Example i's gradient: sum over positions of x * d, per channel.
+        axes = tuple(range(1, len(x.shape) - 1))
+        per_example = ops.sum(ops.cast(x, "float32") * ops.cast(d, "float32"), axis=axes)
+        return (ops.sum(ops.square(per_example), axis=-1),)
 
+    keras_lars.register_layer(Scale, forward, squared_norms)
+    ```
 
-def _forget(variables):
-    # A new forward call of a layer makes the sums of earlier ones obsolete
-    # (gradients computed without an `apply`, an earlier trace).
-    table = _table()
-    if table:
-        for variable in variables:
-            table.pop(id(variable), None)
-
-
-def _record(variable, call, value):
-    table = _table()
-    entries = [e for e in table.get(id(variable), []) if e[1] != call]
-    table[id(variable)] = entries + [(_current_graph(), call, value)]
-
-
-def take_norm_sums(variables):
-    """Returns and forgets this step's recorded sums for each variable.
-
-    Called by `CLARS.apply` in the thread (replica) that ran the backward pass.
+    Registering a class again replaces its rule.
 
     Args:
-        variables: the `keras.Variable`s whose sums are needed.
-
-    Returns:
-        A list of float32 (3,) vectors, one per variable: this replica's
-        `[sum_i ||c_i||, sum_i ||c_i||^2, B]` (B: its examples; with a
-        sub-batch, the sums are scaled to the batch).
+        layer_class: a subclass of `keras.layers.Layer`.
+        forward, squared_norms: as `LayerRule`'s attributes.
 
     Raises:
-        ValueError: naming the variables that have no sum from this step's
-            backward pass, or a layer whose forward pass ran more than once.
+        TypeError: for a `layer_class` that is not a Layer subclass, or
+            arguments that are not callable.
     """
-    _require_tensorflow("CLARS")
-    table = _table()
-    current = _current_graph()
-    sums, missing = [], []
-    for variable in variables:
-        entries = [e for e in table.pop(id(variable), []) if _visible(e[0], current)]
-        if not entries:
-            missing.append(variable.path)
-            continue
-        if len(entries) > 1:
-            raise ValueError(
-                f"The layer owning {variable.path!r} ran {len(entries)} times in this step's forward "
-                "pass (a shared layer); per-example norms support one call per step."
-            )
-        sums.append(entries[0][2])
-    if missing:
-        shown = ", ".join(repr(p) for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ValueError(
-            f"CLARS needs per-example gradient norms for {shown}, but this step's backward pass "
-            "computed none. Call `keras_lars.attach_per_example_norms(model)` after "
-            "`model.compile(optimizer=CLARS(...))`, and compute the gradients of a loss of that "
-            "model's outputs in the same step (model.fit does)."
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise TypeError(f"`layer_class` must be a subclass of keras.layers.Layer. Received: {layer_class!r}")
+    for name, fn in (("forward", forward), ("squared_norms", squared_norms)):
+        if not callable(fn):
+            raise TypeError(f"`{name}` must be callable. Received: {fn!r}")
+    LAYER_RULES[layer_class] = LayerRule(forward, squared_norms)
+
+
+def supported_layers():
+    """The names of the registered layer classes."""
+    return tuple(cls.__name__ for cls in LAYER_RULES)
+
+
+def rule_for(layer):
+    """The `LayerRule` of `layer`'s class (or of the nearest registered base
+    class whose `call` it keeps), or None: unregistered, an overridden `call`,
+    LoRA or quantization."""
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        return None
+    for cls in type(layer).__mro__:
+        rule = LAYER_RULES.get(cls)
+        if rule is not None:
+            return rule if type(layer).call is cls.call else None
+    return None
+
+
+# Built-in rules: the layers' own `call`, with the tap before the bias.
+
+
+def _dense_forward(layer, tap, inputs, training=None):
+    x = tap(ops.matmul(inputs, layer.kernel), inputs)
+    if layer.bias is not None:
+        x = ops.add(x, layer.bias)
+    return layer.activation(x) if layer.activation is not None else x
+
+
+def _dense_squared_norms(layer, inputs, d, method):
+    kernel, bias = dense_squared_norms(inputs, d, method)
+    return (kernel, bias) if layer.bias is not None else (kernel,)
+
+
+def _conv_forward(layer, tap, inputs):
+    if layer.padding == "causal":
+        # Conv1D's own causal path: pad on the left, then a valid convolution.
+        x = ops.conv(
+            ops.pad(inputs, layer._compute_causal_padding()),
+            layer.kernel,
+            strides=list(layer.strides),
+            padding="valid",
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
         )
-    return sums
+    else:
+        x = layer.convolution_op(inputs, layer.kernel)
+    return _bias_and_activation(layer, tap(x, inputs))
 
 
-def put_norm_sums(variables, sums):
-    """Records sums returned by `take_norm_sums` from a nested function (an
-    XLA-compiled forward/backward pass) so that `CLARS.apply` in the enclosing
-    train step finds them.
-
-    Args:
-        variables: the `keras.Variable`s passed to `take_norm_sums`.
-        sums: the float32 (3,) vectors it returned, in the same order.
-    """
-    call = next(_call_ids)
-    for variable, value in zip(variables, sums):
-        _record(variable, call, value)
+def _depthwise_forward(layer, tap, inputs):
+    x = ops.depthwise_conv(
+        inputs,
+        layer.kernel,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
+    return _bias_and_activation(layer, tap(x, inputs))
 
 
-def all_reduce_sum(value):
-    """Sum over the replicas of the current replica context (identity outside one)."""
-    if keras.backend.backend() != "tensorflow":
-        return value
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+def _bias_and_activation(layer, x):
+    if layer.bias is not None:
+        rank = len(x.shape) - 2
+        channels = x.shape[-1 if layer.data_format == "channels_last" else 1]
+        shape = (1,) * (rank + 1) + (channels,) if layer.data_format == "channels_last" else (1, channels) + (1,) * rank
+        x = ops.add(x, ops.reshape(layer.bias, shape))
+    return layer.activation(x) if layer.activation is not None else x
 
 
-def _tap(z, variables, on_gradient):
-    """Identity on z whose gradient function calls `on_gradient(dL/dz, call)`;
-    `call` identifies this forward call (a shared layer has several)."""
-    import tensorflow as tf
+def _conv_squared_norms(layer, inputs, d, method, depthwise=False):
+    # A depthwise convolution is one with a group per input channel.
+    groups = inputs.shape[-1 if layer.data_format == "channels_last" else 1] if depthwise else layer.groups
+    kernel, bias = conv_squared_norms(
+        _channels_last(inputs, layer.data_format),
+        _channels_last(d, layer.data_format),
+        layer.kernel_size,
+        layer.strides,
+        layer.dilation_rate,
+        layer.padding,
+        groups,
+        method,
+    )
+    return (kernel, bias) if layer.bias is not None else (kernel,)
 
-    _forget(variables)
-    call = next(_call_ids)
 
-    @tf.custom_gradient
-    def identity(t):
-        def grad(upstream):
-            on_gradient(upstream, call)
-            return upstream
-
-        return tf.identity(t), grad
-
-    return identity(z)
+def _depthwise_squared_norms(layer, inputs, d, method):
+    return _conv_squared_norms(layer, inputs, d, method, depthwise=True)
 
 
 def _channels_last(x, data_format):
@@ -198,241 +228,244 @@ def _channels_last(x, data_format):
     return ops.transpose(x, (0,) + tuple(range(2, rank)) + (1,))
 
 
-def _layer_kind(layer):
-    """"dense", "conv", "depthwise", or None when the layer is not supported
-    (another class, a subclass overriding `call`, LoRA or quantization)."""
-    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
-        return None
-    kind_by_class = [
-        (keras.layers.Dense, "dense"),
-        (keras.layers.Conv1D, "conv"),
-        (keras.layers.Conv2D, "conv"),
-        (keras.layers.Conv3D, "conv"),
-        (keras.layers.DepthwiseConv1D, "depthwise"),
-        (keras.layers.DepthwiseConv2D, "depthwise"),
-    ]
-    for cls, kind in kind_by_class:
-        if isinstance(layer, cls) and type(layer).call is cls.call:
-            if kind == "conv" and type(layer).convolution_op is not cls.convolution_op:
-                return None
-            return kind
-    return None
+for _cls in (keras.layers.Dense,):
+    register_layer(_cls, _dense_forward, _dense_squared_norms)
+for _cls in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
+    register_layer(_cls, _conv_forward, _conv_squared_norms)
+for _cls in (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D):
+    register_layer(_cls, _depthwise_forward, _depthwise_squared_norms)
 
 
-SUPPORTED_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D")
+class _Probes(keras.layers.Layer):
+    """Holds an attachment's probe variables. It sits in the sub-layer list
+    (`_layers`) of the model's last layer, so the probes come after every
+    other variable in `model.trainable_variables` (an optimizer built before
+    they existed appends them in the same order) and saving, which walks a
+    layer's own variables and named attributes, never sees them."""
+
+    def __init__(self, name):
+        super().__init__(name=name, dtype="float32")
+        self.built = True
+
+    def add_probe(self, targets, width, name):
+        probe = self.add_weight(
+            shape=(len(targets), width),
+            initializer="zeros",
+            dtype="float32",
+            trainable=True,
+            autocast=False,
+            name=name,
+        )
+        _probes.mark(probe, targets)
+        return probe
+
+
+def _last_layer(model):
+    """The layer whose sub-layers come last in `model.variables` and are not
+    saved: the last top-level layer, entering nested models."""
+    layer = model
+    while isinstance(layer, keras.Model):
+        if not layer._layers:
+            raise ValueError(f"Model {layer.name!r} has no layers to tap.")
+        layer = layer._layers[-1]
+    return layer
 
 
 class _LayerTap:
-    """Replaces one layer's `call` (on the instance) by the same computation
-    with a tap, and turns the tapped gradient into recorded norm sums."""
+    """One layer's tap: replaces its `call` (on the instance) by its rule's
+    forward with the tap, and adds its probe to its sub-layers."""
 
-    def __init__(self, layer, variables, attachment):
+    def __init__(self, layer, rule, variables, attachment, probe):
+        # probe: this layer's probe variable, or None when the attachment
+        # feeds probe tensors (`PerExampleNorms.probe_values`).
         self.layer = layer
+        self.rule = rule
         self.variables = variables
         self.attachment = attachment
-        self.kind = _layer_kind(layer) or "vectorized"
-        self._original_call = layer.call
+        self.probe = probe
+        own = [id(v) for v in layer._trainable_variables]
+        self._rows = [own.index(id(v)) if id(v) in own else None for v in variables]
 
     def install(self):
-        calls = {
-            "dense": self._dense_call,
-            "conv": self._conv_call,
-            "depthwise": self._depthwise_call,
-            "vectorized": self._vectorized_call,
-        }
-        object.__setattr__(self.layer, "call", calls[self.kind])
+        layer = self.layer
+        object.__setattr__(layer, "call", lambda *args, **kwargs: self.rule.forward(layer, self._tap, *args, **kwargs))
 
     def remove(self):
         if self.layer.__dict__.get("call") is not None:
             object.__delattr__(self.layer, "call")
 
-    # Forward passes: the layers' own `call`, with the tap before the bias.
+    def _tap(self, z, residuals):
+        return _backend.tap_identity(z, self.attachment.probe_value(self), residuals, self._emit)
 
-    def _dense_call(self, inputs, training=None):
-        layer = self.layer
-        x = ops.matmul(inputs, layer.kernel)
-        x = _tap(x, self.variables, lambda d, call: self._record_squared(call, *self._dense_norms(inputs, d)))
-        if layer.bias is not None:
-            x = ops.add(x, layer.bias)
-        return layer.activation(x) if layer.activation is not None else x
-
-    def _conv_call(self, inputs):
-        layer = self.layer
-        if layer.padding == "causal":
-            # Conv1D's own causal path: pad on the left, then a valid convolution.
-            x = ops.conv(
-                ops.pad(inputs, layer._compute_causal_padding()),
-                layer.kernel,
-                strides=list(layer.strides),
-                padding="valid",
-                dilation_rate=layer.dilation_rate,
-                data_format=layer.data_format,
-            )
-        else:
-            x = layer.convolution_op(inputs, layer.kernel)
-        x = _tap(x, self.variables, lambda d, call: self._record_squared(call, *self._conv_norms(inputs, d, layer.groups)))
-        return self._bias_and_activation(x)
-
-    def _depthwise_call(self, inputs):
-        layer = self.layer
-        x = ops.depthwise_conv(
-            inputs,
-            layer.kernel,
-            strides=layer.strides,
-            padding=layer.padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
-        channels = inputs.shape[-1 if layer.data_format == "channels_last" else 1]
-        x = _tap(x, self.variables, lambda d, call: self._record_squared(call, *self._conv_norms(inputs, d, channels)))
-        return self._bias_and_activation(x)
-
-    def _bias_and_activation(self, x):
-        layer = self.layer
-        if layer.bias is not None:
-            rank = len(x.shape) - 2
-            channels = x.shape[-1 if layer.data_format == "channels_last" else 1]
-            shape = (1,) * (rank + 1) + (channels,) if layer.data_format == "channels_last" else (1, channels) + (1,) * rank
-            x = ops.add(x, ops.reshape(layer.bias, shape))
-        return layer.activation(x) if layer.activation is not None else x
-
-    def _vectorized_call(self, *args, **kwargs):
-        outputs = self._original_call(*args, **kwargs)
-        if len(args) != 1 or not ops.is_tensor(args[0]) or not ops.is_tensor(outputs):
-            raise ValueError(
-                f"The vectorized per-example fallback needs layer {self.layer.name!r} "
-                f"({type(self.layer).__name__}) to take one tensor input and return one tensor."
-            )
-        return _tap(outputs, self.variables, lambda dy, call: self._record_vectorized(call, args[0], kwargs, dy))
-
-    # Norms.
-
-    def _dense_norms(self, inputs, d):
-        a, d, scale = self.attachment.sub_batch(inputs, d)
-        return dense_squared_norms(a, d, self.attachment.method) + (scale,)
-
-    def _conv_norms(self, inputs, d, groups):
-        layer = self.layer
-        a, d, scale = self.attachment.sub_batch(inputs, d)
-        return conv_squared_norms(
-            _channels_last(a, layer.data_format),
-            _channels_last(d, layer.data_format),
-            layer.kernel_size,
-            layer.strides,
-            layer.dilation_rate,
-            layer.padding,
-            groups,
-            self.attachment.method,
-        ) + (scale,)
-
-    def _record_squared(self, call, kernel, bias, scale):
-        layer = self.layer
-        for variable in self.variables:
-            squared = bias if layer.bias is not None and variable is layer.bias else kernel
-            self._record(call, variable, squared, scale)
-
-    def _record_vectorized(self, call, inputs, kwargs, dy):
-        import tensorflow as tf
-
-        a, dy, scale = self.attachment.sub_batch(inputs, dy)
-        variables = list(self.variables)
-
-        def one_example(example):
-            a_i, dy_i = example
-            with tf.GradientTape() as tape:
-                y_i = self._original_call(a_i[None], **kwargs)
-            grads = tape.gradient(y_i, variables, output_gradients=dy_i[None])
-            return tf.stack([tf.reduce_sum(tf.square(tf.cast(g, "float32"))) for g in grads])
-
-        squared = tf.vectorized_map(one_example, (a, dy))
-        for j, variable in enumerate(variables):
-            self._record(call, variable, squared[:, j], scale)
-
-    def _record(self, call, variable, squared, scale):
-        _record(variable, call, self.attachment.finish(squared, scale, variable))
+    def _emit(self, residuals, d):
+        residuals, d, scale = self.attachment.sub_batch(residuals, d)
+        squared = self.rule.squared_norms(self.layer, residuals, d, self.attachment.method)
+        return ops.stack([self.attachment.row(squared[j], scale) for j in self._rows])
 
 
 class PerExampleNorms:
     """An attachment of per-example norm taps to a model's layers; see
-    `attach_per_example_norms`. `detach()` restores the layers."""
+    `attach_per_example_norms`. `detach()` restores the layers.
 
-    def __init__(self, model, variables, method, sub_batch_size, unsupported_layers):
-        self.model_ref = weakref.ref(model)
+    Attributes:
+        model: the model.
+        variables: the tracked variables.
+        probes: the probe variables (trainable variables of the model while
+            attached), each of shape (k, width): width 3 (the sums) or, for
+            `per_example_squared_norms`, the number of examples.
+    """
+
+    def __init__(self, model, variables, method, sub_batch_size, unsupported_layers, width=3, reuse=None,
+                 probe_variables=True):
+        self.model = model
         self.variables = list(variables)
         self.method = method
         self.sub_batch_size = sub_batch_size
-        self.divide_by_loss_scale = True
-        # For `per_example_squared_norms`: {variable id: (B,) squared norms of c_i}.
-        self.per_example = None
+        self.width = width
         owners = _owners(model)
         by_layer, unsupported = {}, []
         for variable in self.variables:
             layer = owners.get(id(variable))
-            if layer is None or (_layer_kind(layer) is None and unsupported_layers == "error"):
+            rule = None if layer is None else rule_for(layer)
+            if rule is None and layer is not None and unsupported_layers == "vectorized":
+                rule = _vectorized_rule(layer)
+            if rule is None:
                 unsupported.append((variable, layer))
                 continue
-            by_layer.setdefault(id(layer), (layer, []))[1].append(variable)
+            by_layer.setdefault(id(layer), (layer, rule, []))[2].append(variable)
         if unsupported:
-            lines = "\n".join(
-                f"  {v.path!r} of layer {l.name!r} ({type(l).__name__})" if l is not None
-                else f"  {v.path!r}, owned by no layer of the model"
-                for v, l in unsupported
-            )
+            raise ValueError(_unsupported_message(unsupported))
+        shared = [layer.name for layer, _, _ in by_layer.values() if len(getattr(layer, "_inbound_nodes", ())) > 1]
+        if shared:
             raise ValueError(
-                "Per-example gradient norms are implemented for "
-                f"{', '.join(SUPPORTED_LAYERS)} (without LoRA, quantization or an overridden "
-                f"`call`); these adapted variables belong elsewhere:\n{lines}\n"
-                "Exclude them from layer adaptation (`exclude_from_layer_adaptation=`), or pass "
-                "unsupported_layers='vectorized' for exact per-example gradients of those layers by "
-                "tf.vectorized_map (slow: one small backward pass per example)."
+                f"Layers {shared} are called more than once in model {model.name!r} (shared layers); "
+                "per-example norms support one call per step. Exclude their variables from layer "
+                "adaptation or untie the layers."
             )
-        self.taps = [_LayerTap(layer, vs, self) for layer, vs in by_layer.values()]
+        reuse = reuse or {}
+        self.taps = []
+        # One-pass functions feed probe tensors instead (`probe_values`): no
+        # variables are created, so they run inside a tf.function too.
+        self.probe_values = None
+        self._holder = self._host = None
+        if probe_variables:
+            self._host = _last_layer(model)
+            self._holder = _Probes(name="per_example_norm_probes")
+        with _backend.variable_scope_of(model):
+            for layer, rule, tracked in by_layer.values():
+                probe = reuse.get(id(layer))
+                if not probe_variables:
+                    probe = None
+                elif probe is None or _probes.targets(probe) != tuple(tracked) or probe.shape[1] != width:
+                    probe = self._holder.add_probe(tracked, width, f"{layer.name}_per_example_norms")
+                else:
+                    self._holder._track_variable(probe)
+                self.taps.append(_LayerTap(layer, rule, tracked, self, probe))
+
+    @property
+    def probes(self):
+        """The probe variables, in `model.trainable_variables` order."""
+        return [tap.probe for tap in self.taps if tap.probe is not None]
+
+    def probe_value(self, tap):
+        if self.probe_values is not None:
+            return self.probe_values[self.taps.index(tap)]
+        return tap.probe.value
 
     def install(self):
         for tap in self.taps:
             tap.install()
+        if self._holder is not None and self._holder not in self._host._layers:
+            self._host._layers.append(self._holder)
+        object.__setattr__(self.model, _ATTACHMENT, self)
+        _forget_compiled_functions(self.model)
 
     def detach(self):
-        """Restores the layers' own `call`; CLARS then fails at its next step."""
+        """Restores the layers' own `call` and removes the probes; CLARS then
+        fails at its next step."""
         for tap in self.taps:
             tap.remove()
-        model = self.model_ref()
-        if model is not None and _attachments.get(model) is self:
-            del _attachments[model]
+        if self._holder is not None and self._holder in self._host._layers:
+            self._host._layers.remove(self._holder)
+        if self.model.__dict__.get(_ATTACHMENT) is self:
+            object.__delattr__(self.model, _ATTACHMENT)
+        _forget_compiled_functions(self.model)
 
-    def sub_batch(self, a, d):
-        """The first |J| examples (per replica: ceil(|J| / replicas)) of a and
-        d, and the factor (batch / |J|) that scales their sum to the batch."""
+    def sub_batch(self, residuals, d):
+        """The first |J| examples (on TensorFlow, per replica: ceil(|J| /
+        replicas)) of the residuals and d, and the factor (batch / |J|) that
+        scales their sum to the batch (None without a sub-batch)."""
         if self.sub_batch_size is None:
-            return a, d, None
-        import tensorflow as tf
+            return residuals, d, None
+        count = math.ceil(self.sub_batch_size / _backend.num_replicas_in_sync())
+        batch = ops.shape(d)[0]
+        scale = ops.cast(batch, "float32") / ops.cast(ops.minimum(batch, count), "float32")
+        return keras.tree.map_structure(lambda x: x[:count], residuals), d[:count], scale
 
-        count = math.ceil(self.sub_batch_size / tf.distribute.get_strategy().num_replicas_in_sync)
-        batch = tf.shape(a)[0]
-        scale = tf.cast(batch, "float32") / tf.cast(tf.minimum(batch, count), "float32")
-        return a[:count], d[:count], scale
-
-    def finish(self, squared, scale, variable):
-        """This replica's float32 `[sum_i ||c_i||, sum_i ||c_i||^2, B]` from
-        the per-example squared norms (B,) of the (sub-)batch: sums scaled from
-        the sub-batch to the batch and divided by the optimizer's loss scale
-        (mixed precision), which the gradients d carry."""
+    def row(self, squared, scale):
+        """A probe row from one variable's per-example squared norms (n,):
+        `[sum_i ||c_i||, sum_i ||c_i||^2, n]` scaled from the sub-batch to
+        the batch, or (width n) the squared norms themselves."""
         squared = ops.cast(squared, "float32")
+        if self.width != 3:
+            return squared
         count = ops.cast(ops.shape(squared)[0], "float32")
-        sums = ops.stack([ops.sum(ops.sqrt(squared)), ops.sum(squared)])
-        if scale is not None:
-            sums = sums * ops.cast(scale, "float32")
-            count = count * ops.cast(scale, "float32")
-        model = self.model_ref()
-        optimizer = getattr(model, "optimizer", None) if self.divide_by_loss_scale else None
-        if optimizer is not None and (
-            isinstance(optimizer, keras.optimizers.LossScaleOptimizer) or optimizer.loss_scale_factor
-        ):
-            loss_scale = ops.cast(optimizer.scale_loss(ops.ones((), "float32")), "float32")
-            sums = sums / ops.stack([loss_scale, ops.square(loss_scale)])
-        if self.per_example is not None:
-            self.per_example[id(variable)] = squared
-        return ops.concatenate([sums, count[None]])
+        sums = ops.stack([ops.sum(ops.sqrt(squared)), ops.sum(squared), count])
+        return sums if scale is None else sums * ops.cast(scale, "float32")
+
+
+def _forget_compiled_functions(model):
+    # The compiled train/test/predict functions closed over the old variable list.
+    for name in ("train_function", "test_function", "predict_function"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
+
+
+def _unsupported_message(unsupported):
+    lines = "\n".join(
+        f"  {v.path!r} of layer {l.name!r} ({type(l).__name__})" if l is not None
+        else f"  {v.path!r}, owned by no layer of the model"
+        for v, l in unsupported
+    )
+    return (
+        "Per-example gradient norms are implemented for "
+        f"{', '.join(supported_layers())} (without LoRA, quantization or an overridden "
+        f"`call`); these adapted variables belong elsewhere:\n{lines}\n"
+        "Exclude them from layer adaptation (`exclude_from_layer_adaptation=`), register the layer "
+        "class (`keras_lars.register_layer`), or pass unsupported_layers='vectorized' for exact "
+        "per-example gradients of those layers by vectorized map (slow: one small backward pass "
+        "per example)."
+    )
+
+
+def _vectorized_rule(layer):
+    """A rule for any layer taking one tensor and returning one: the tap on
+    its output; per-example gradients by a vectorized map of one small
+    backward pass per example (exact when the layer treats examples
+    independently)."""
+    original_call = layer.call
+    variables = [v for v in layer.trainable_variables if not _probes.is_probe(v)]
+
+    def forward(layer, tap, *args, **kwargs):
+        outputs = original_call(*args, **kwargs)
+        if len(args) != 1 or not ops.is_tensor(args[0]) or not ops.is_tensor(outputs):
+            raise ValueError(
+                f"The vectorized per-example fallback needs layer {layer.name!r} "
+                f"({type(layer).__name__}) to take one tensor input and return one tensor."
+            )
+        return tap(outputs, (args[0], tuple(v.value for v in variables)))
+
+    def squared_norms(layer, residuals, dy, method):
+        inputs, values = residuals
+        return _backend.vectorized_squared_norms(original_call, variables, values, inputs, dy)
+
+    own = [id(v) for v in layer._trainable_variables]
+    if [id(v) for v in variables] != own:
+        raise ValueError(
+            f"The vectorized per-example fallback taps a layer's own variables; layer {layer.name!r} "
+            f"({type(layer).__name__}) has sub-layers with variables."
+        )
+    return LayerRule(forward, squared_norms)
 
 
 def _owners(model):
@@ -443,64 +476,22 @@ def _owners(model):
     return owners
 
 
-def _default_variables(model):
+def _inner_optimizer(model):
     optimizer = getattr(model, "optimizer", None)
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    from keras_lars.clars import CLARS
+    return getattr(optimizer, "inner_optimizer", optimizer)
 
-    if isinstance(optimizer, CLARS):
-        variables = model.trainable_variables
+
+def _default_variables(model):
+    # Duck-typed (no import of CLARS): the variables an optimizer that
+    # consumes per-example norms adapts.
+    optimizer = _inner_optimizer(model)
+    if getattr(optimizer, "uses_per_example_norms", False):
+        variables = [v for v in model.trainable_variables if not _probes.is_probe(v)]
         return [v for v, adapt in zip(variables, optimizer.adapts(variables)) if adapt]
     return None
 
 
-def attach_per_example_norms(model, variables=None, *, method="auto", sub_batch_size=None, unsupported_layers="error"):
-    """Makes every train step of `model` compute the per-example gradient norms CLARS needs.
-
-    The one extra line CLARS needs, after `model.compile(optimizer=CLARS(...))`
-    (functional, sequential or subclassed models, `fit` or a custom loop):
-
-    ```python
-    model.compile(optimizer=keras_lars.CLARS(learning_rate=...), loss=..., metrics=...)
-    keras_lars.attach_per_example_norms(model)
-    model.fit(...)
-    ```
-
-    Each layer owning a variable to track gets an identity tap on its
-    pre-activation output (see this module's docstring); its gradient gives,
-    in the same backward pass, sum_i ||c_i|| per variable, which `CLARS.apply`
-    collects. Per-example gradients are never formed for the whole model: per
-    layer either B kernel-sized gradients or B (T x T) Gram matrices
-    ("ghost norm"), whichever `method` picks. Attaching again replaces the
-    previous attachment.
-
-    Args:
-        model: a built `keras.Model` (its variables exist).
-        variables: the `keras.Variable`s to track; None (default): those the
-            model's CLARS optimizer adapts (the optimizer must be set by
-            `compile`; a `LossScaleOptimizer` around CLARS is fine).
-        method: "auto" (default: per layer, the cheaper of the two from the
-            shapes, `per_example_norms.choose_method`), "ghost" or "materialize".
-        sub_batch_size: None (all examples) or an int |J| >= 1: estimate n_k
-            on the first |J| examples of the global batch (ceil(|J| / replicas)
-            per replica), scaled to the batch: (B / |J|) * sum_{j in J} ||c_j||.
-            The paper uses |J| = 512. Caps the cost at large batch.
-        unsupported_layers: "error" (default) or "vectorized": for layers
-            other than `SUPPORTED_LAYERS`, exact per-example gradients of the
-            layer by `tf.vectorized_map` of one small backward pass per
-            example (slow; exact when the layer treats examples independently,
-            i.e. not BatchNormalization in training mode).
-
-    Returns:
-        A `PerExampleNorms`; its `detach()` restores the layers.
-
-    Raises:
-        RuntimeError: on a Keras backend other than TensorFlow.
-        ValueError: for an unbuilt model, no variables to track, a bad
-            `method`, `sub_batch_size` or `unsupported_layers`, or (with
-            "error") tracked variables of unsupported layers, all named.
-    """
-    _require_tensorflow("attach_per_example_norms")
+def _check_options(method, sub_batch_size, unsupported_layers):
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}. Received: {method!r}")
     if unsupported_layers not in UNSUPPORTED_LAYER_POLICIES:
@@ -511,6 +502,72 @@ def attach_per_example_norms(model, variables=None, *, method="auto", sub_batch_
         isinstance(sub_batch_size, bool) or not isinstance(sub_batch_size, int) or sub_batch_size < 1
     ):
         raise ValueError(f"`sub_batch_size` must be None or an int >= 1. Received: {sub_batch_size!r}")
+
+
+def attached(model):
+    """The model's active `PerExampleNorms`, or None."""
+    return model.__dict__.get(_ATTACHMENT)
+
+
+def attach_per_example_norms(model, variables=None, *, method="auto", sub_batch_size=None, unsupported_layers="error"):
+    """Makes every train step of `model` compute the per-example gradient norms CLARS needs.
+
+    The one extra line CLARS needs, after `model.compile(optimizer=CLARS(...))`
+    and before the first step (functional, sequential or subclassed models,
+    `fit` or a custom loop; TensorFlow or JAX):
+
+    ```python
+    model.compile(optimizer=keras_lars.CLARS(learning_rate=...), loss=..., metrics=...)
+    keras_lars.attach_per_example_norms(model)
+    model.fit(...)
+    ```
+
+    Each layer owning a variable to track gets a tap on its pre-activation
+    output and a probe variable whose gradient is the variable's norm sums
+    (see this module's docstring); a custom loop computes the gradients of
+    `model.trainable_variables` (the probes included) and passes them all to
+    `optimizer.apply`. Per-example gradients are never formed for the whole
+    model: per layer either B kernel-sized gradients or B (T x T) Gram
+    matrices ("ghost norm"), whichever `method` picks. Attaching again
+    replaces the previous attachment (keeping its probes where the tracked
+    variables are the same). While attached, `model.get_weights()` includes
+    the probes; saved files never do.
+
+    Args:
+        model: a built `keras.Model` (its variables exist).
+        variables: the `keras.Variable`s to track; None (default): those the
+            model's CLARS optimizer adapts (the optimizer must be set by
+            `compile`; a `LossScaleOptimizer` around CLARS is fine).
+        method: "auto" (default: per layer, the cheaper of the two from the
+            shapes, `per_example_norms.choose_method`), "ghost" or "materialize".
+        sub_batch_size: None (all examples) or an int |J| >= 1: estimate n_k
+            on the first |J| examples of the global batch (on TensorFlow,
+            ceil(|J| / replicas) per replica), scaled to the batch:
+            (B / |J|) * sum_{j in J} ||c_j||. The paper uses |J| = 512. Caps
+            the cost at large batch.
+        unsupported_layers: "error" (default) or "vectorized": for layers
+            without a rule (`supported_layers()`), exact per-example
+            gradients of the layer by a vectorized map of one small backward
+            pass per example (slow; exact when the layer treats examples
+            independently, i.e. not BatchNormalization in training mode).
+
+    Returns:
+        A `PerExampleNorms`; its `detach()` restores the layers.
+
+    Raises:
+        RuntimeError: on a Keras backend other than TensorFlow or JAX.
+        ValueError: for an unbuilt model, no variables to track, a bad
+            `method`, `sub_batch_size` or `unsupported_layers`, tracked
+            variables of unsupported layers (with "error") or shared layers,
+            all named; or an optimizer already built without the probes
+            (attach before the first step).
+    """
+    _check_options(method, sub_batch_size, unsupported_layers)
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        raise RuntimeError(
+            f"Per-example gradient norms support the TensorFlow and JAX backends; the Keras backend "
+            f"is {keras.backend.backend()!r}."
+        )
     if not model.built:
         raise ValueError(
             f"Model {model.name!r} is not built: build it (call it on data, or give it an Input) "
@@ -524,12 +581,32 @@ def attach_per_example_norms(model, variables=None, *, method="auto", sub_batch_
                 f"(it is {type(getattr(model, 'optimizer', None)).__name__}): compile with "
                 "keras_lars.CLARS first, or pass the variables to track."
             )
-    previous = _attachments.get(model)
+    if not variables:
+        raise ValueError(f"No variables to track in model {model.name!r}.")
+    return _attach(model, variables, method, sub_batch_size, unsupported_layers, check_optimizer=True)
+
+
+def _attach(model, variables, method, sub_batch_size, unsupported_layers, width=3, check_optimizer=False):
+    previous = attached(model)
+    reuse = {id(tap.layer): tap.probe for tap in previous.taps} if previous is not None else None
+    attachment = PerExampleNorms(model, variables, method, sub_batch_size, unsupported_layers, width, reuse)
+    optimizer = _inner_optimizer(model)
+    if check_optimizer and optimizer is not None and optimizer.built:
+        # E.g. a model restored by `keras.models.load_model`: CLARS appends
+        # the probes (no state of their own) after the variables it knows.
+        track = getattr(optimizer, "track_probes", None)
+        known = getattr(optimizer, "_trainable_variables_indices", {})
+        if track is None and any(optimizer._var_key(p) not in known for p in attachment.probes):
+            raise ValueError(
+                f"The optimizer of model {model.name!r} ({type(optimizer).__name__}) was built before "
+                "the per-example norm probes existed: attach per-example norms after `compile` and "
+                "before the first training step."
+            )
     if previous is not None:
         previous.detach()
-    attachment = PerExampleNorms(model, variables, method, sub_batch_size, unsupported_layers)
     attachment.install()
-    _attachments[model] = attachment
+    if check_optimizer and optimizer is not None and optimizer.built and getattr(optimizer, "track_probes", None):
+        optimizer.track_probes(attachment.probes)
     return attachment
 
 
@@ -559,8 +636,8 @@ def per_example_gradient_norms(model, x, y, loss, variables=None, *, sample_weig
     Raises:
         As `attach_per_example_norms`.
     """
-    sums, _, gradients, loss_value = _one_pass(model, x, y, loss, variables, sample_weight, training, options)
-    return [total[0] for total in sums], gradients, loss_value
+    rows, gradients, loss_value = _one_pass(model, x, y, loss, variables, sample_weight, training, options, 3)
+    return [row[0] for row in rows], gradients, loss_value
 
 
 def per_example_squared_norms(model, x, y, loss, variables=None, *, sample_weight=None, training=True, **options):
@@ -580,38 +657,50 @@ def per_example_squared_norms(model, x, y, loss, variables=None, *, sample_weigh
     Raises:
         As `attach_per_example_norms`.
     """
-    sums, squared, gradients, loss_value = _one_pass(
-        model, x, y, loss, variables, sample_weight, training, options, keep_per_example=True
-    )
+    batch = int(ops.shape(keras.tree.flatten(x)[0])[0])
+    sub_batch = options.get("sub_batch_size")
+    width = batch if sub_batch is None else min(batch, math.ceil(sub_batch / _backend.num_replicas_in_sync()))
+    rows, gradients, loss_value = _one_pass(model, x, y, loss, variables, sample_weight, training, options, width)
     # c_i = grad f_i / B for a loss averaged over the batch of B examples.
-    return [sq * ops.square(total[2]) for sq, total in zip(squared, sums)], gradients, loss_value
+    return [row * float(batch) ** 2 for row in rows], gradients, loss_value
 
 
-def _one_pass(model, x, y, loss, variables, sample_weight, training, options, keep_per_example=False):
-    """One forward and backward pass with a temporary attachment; returns
-    (each variable's (3,) sums, its (B,) squared norms of c_i or None, the
-    gradients, the loss). A previous attachment is restored afterwards."""
-    _require_tensorflow("per-example gradient norms")
-    import tensorflow as tf
-
+def _one_pass(model, x, y, loss, variables, sample_weight, training, options, width):
+    """One forward and backward pass with a temporary attachment whose probes
+    have `width` columns; returns (each variable's probe row, the gradients,
+    the loss). A previous attachment is restored afterwards."""
+    method = options.get("method", "auto")
+    sub_batch_size = options.get("sub_batch_size")
+    unsupported_layers = options.get("unsupported_layers", "error")
+    unknown = set(options) - {"method", "sub_batch_size", "unsupported_layers"}
+    if unknown:
+        raise TypeError(f"Unknown options {sorted(unknown)}; accepted: method, sub_batch_size, unsupported_layers.")
+    _check_options(method, sub_batch_size, unsupported_layers)
     if variables is None:
         variables = _default_variables(model)
         if variables is None:
-            variables = [v for v in model.trainable_variables if len(v.shape) >= 2]
-    previous = _attachments.get(model)
-    attachment = attach_per_example_norms(model, variables, **options)
-    attachment.divide_by_loss_scale = False
-    attachment.per_example = {} if keep_per_example else None
+            variables = [v for v in model.trainable_variables if len(v.shape) >= 2 and not _probes.is_probe(v)]
+    previous = attached(model)
+    if previous is not None:
+        previous.detach()
+    attachment = PerExampleNorms(
+        model, variables, method, sub_batch_size, unsupported_layers, width, probe_variables=False
+    )
+    attachment.install()
     try:
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=training)
-            loss_value = loss(y, y_pred, sample_weight=sample_weight)
-        gradients = tape.gradient(loss_value, variables)
-        sums = take_norm_sums(variables)
-        squared = [attachment.per_example[id(v)] for v in variables] if keep_per_example else None
+
+        def loss_fn(probe_values):
+            attachment.probe_values = probe_values
+            return loss(y, model(x, training=training), sample_weight=sample_weight)
+
+        shapes = [(len(tap.variables), width) for tap in attachment.taps]
+        loss_value, gradients, probe_grads = _backend.value_and_gradients(model, loss_fn, variables, shapes)
     finally:
         attachment.detach()
         if previous is not None:
             previous.install()
-            _attachments[model] = previous
-    return sums, squared, gradients, loss_value
+    rows = {}
+    for tap, grad in zip(attachment.taps, probe_grads):
+        for j, target in enumerate(tap.variables):
+            rows[id(target)] = grad[j]
+    return [rows[id(v)] for v in variables], gradients, loss_value

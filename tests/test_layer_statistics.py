@@ -95,10 +95,15 @@ def test_lars_statistics_match_numpy(options, jit_compile):
         assert np.any(got.values["clipped_trust_ratio"][1:4] != got.values["trust_ratio"][1:4])
 
 
+def _weights(model):
+    """The model's trainable variables without the per-example norm probes."""
+    return [v for v in model.trainable_variables if not keras_lars.taps.is_probe(v)]
+
+
 def _brute_force(model, x, y):
     """Per variable: mean gradient, mean per-example norm and mean squared
     per-example norm, one example at a time."""
-    variables = model.trainable_variables
+    variables = _weights(model)
     grads = [np.zeros(v.shape) for v in variables]
     norms, squares = np.zeros(len(variables)), np.zeros(len(variables))
     for i in range(len(x)):
@@ -118,10 +123,11 @@ def _clars_reference_statistics(model, options, lr):
         trust_clip=options.get("trust_clip", False),
     )
     grads, norms, squares = _brute_force(model, X, Y)
-    adapts = model.optimizer.adapts(model.trainable_variables)
-    momentums = [np.asarray(m.numpy(), np.float64) for m in model.optimizer.momentums] or [None] * len(adapts)
+    adapts = model.optimizer.adapts(_weights(model))
+    momentums = [np.asarray(m.numpy(), np.float64) for m in model.optimizer.momentums if m is not None]
+    momentums = momentums or [None] * len(adapts)
     want = []
-    for j, v in enumerate(model.trainable_variables):
+    for j, v in enumerate(_weights(model)):
         w = v.numpy().astype(np.float64)
         values = reference.statistics(w, momentums[j], grads[j], lr, adapts[j], adapts[j],
                                       gradient_norm=norms[j] if adapts[j] else None)
@@ -183,7 +189,7 @@ def test_two_replicas_record_the_global_batch_values_on_each(make, mirrored_stra
     one = _fit(make)
     names = list(layer_statistics.read(one.optimizer).values)
     _assert_same_statistics(two, one, names)
-    for variable in two.optimizer.layer_statistics_variables:
+    for variable in (v for v in two.optimizer.layer_statistics_variables if v is not None):
         first, second = mirrored_strategy.experimental_local_results(variable.value)
         np.testing.assert_array_equal(first.numpy(), second.numpy())
 
@@ -191,7 +197,7 @@ def test_two_replicas_record_the_global_batch_values_on_each(make, mirrored_stra
 def test_gradient_accumulation_records_the_applied_step():
     accumulated = _compiled(_clars(gradient_accumulation_steps=2))
     accumulated.fit(X[:8], Y[:8], batch_size=8, epochs=1, verbose=0)
-    for variable in accumulated.optimizer.layer_statistics_variables:
+    for variable in (v for v in accumulated.optimizer.layer_statistics_variables if v is not None):
         np.testing.assert_array_equal(variable.numpy(), 0.0)  # no step applied yet
     accumulated.fit(X[8:], Y[8:], batch_size=8, epochs=1, verbose=0)
     whole = _compiled(_clars())
@@ -261,7 +267,7 @@ def test_logger_writes_csv_and_tensorboard_every_n_steps(tmp_path):
         rows = list(csv.DictReader(f))
     steps = sorted({int(r["step"]) for r in rows})
     assert steps == [3, 6, 9, 12, 15]
-    assert len(rows) == 5 * len(model.trainable_variables)
+    assert len(rows) == 5 * len(_weights(model))
     last = layer_statistics.read(model.optimizer)  # step 16: the model moved on
     assert last.step == 16
     assert {r["variable"] for r in rows} == set(last.variables)

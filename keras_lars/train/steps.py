@@ -11,9 +11,6 @@ once per loop, not once per step.
 import keras
 import tensorflow as tf
 
-import keras_lars
-from keras_lars import taps
-
 
 def per_example_loss(labels, probs, num_classes, label_smoothing):
     """Softmax cross-entropy with label smoothing, per example.
@@ -38,9 +35,11 @@ class Steps:
     Gradient accumulation lives here, not in Keras's optimizer (whose
     accumulation branch is a `cond` around a cross-replica merge, which
     tf.distribute rejects): each of an optimizer step's first
-    `accumulation_steps - 1` micro-batches adds its gradients (and CLARS's
-    per-example norm sums) into per-replica buffers; the last adds its own,
-    averages over the micro-batches and calls the optimizer's `apply`.
+    `accumulation_steps - 1` micro-batches adds its gradients into
+    per-replica buffers; the last adds its own, averages over the
+    micro-batches and calls the optimizer's `apply`. CLARS's per-example norm
+    sums are gradients too (of the probes `attach_per_example_norms` adds to
+    `model.trainable_variables`), so nothing here is specific to CLARS.
 
     Args:
         model: the compiled Keras model (its optimizer is `model.optimizer`;
@@ -62,20 +61,9 @@ class Steps:
         self.label_smoothing = label_smoothing
         self.accumulation_steps = accumulation_steps
         self.num_classes = model.output_shape[-1]
-        optimizer = model.optimizer
-        inner = getattr(optimizer, "inner_optimizer", optimizer)
-        variables = model.trainable_variables
-        # CLARS: the per-example norm sums travel with the gradients (out of
-        # an XLA function, through the accumulation buffers).
-        self._norm_variables = (
-            [v for v, adapt in zip(variables, inner.adapts(variables)) if adapt]
-            if isinstance(inner, keras_lars.CLARS)
-            else []
-        )
         if accumulation_steps > 1:
             with strategy.scope():
-                self._grad_buffers = [_replica_local(v.shape, v.dtype) for v in variables]
-                self._norm_buffer = _replica_local((len(self._norm_variables), 3), "float32")
+                self._grad_buffers = [_replica_local(v.shape, v.dtype) for v in model.trainable_variables]
         compile_ = (lambda f: tf.function(f, jit_compile=True)) if xla else (lambda f: f)
         self._forward_backward = compile_(self._forward_backward_fn)
         self._eval_fn = compile_(self._eval_replica)
@@ -113,28 +101,22 @@ class Steps:
             probs = self.model(images, training=True)
             loss = self.loss(labels, probs)
             scaled = self.model.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        norm_sums = tf.stack(taps.take_norm_sums(self._norm_variables)) if self._norm_variables else tf.zeros((0, 3))
-        return loss, grads, norm_sums
+        return loss, tape.gradient(scaled, variables)
 
     def _accumulate_replica(self, images, labels):
-        loss, grads, norm_sums = self._forward_backward(images, labels)
+        loss, grads = self._forward_backward(images, labels)
         for buffer, grad in zip(self._grad_buffers, grads):
             buffer.assign_add(grad)
-        self._norm_buffer.assign_add(norm_sums)
         return loss
 
     def _apply_replica(self, images, labels):
-        loss, grads, norm_sums = self._forward_backward(images, labels)
+        loss, grads = self._forward_backward(images, labels)
         if self.accumulation_steps > 1:
             n = self.accumulation_steps
             grads = [(g + b.read_value()) / n for g, b in zip(grads, self._grad_buffers)]
-            norm_sums = (norm_sums + self._norm_buffer.read_value()) / n
-        if self._norm_variables:
-            taps.put_norm_sums(self._norm_variables, tf.unstack(norm_sums))
         self.model.optimizer.apply(grads, self.model.trainable_variables)
         if self.accumulation_steps > 1:
-            for buffer in self._grad_buffers + [self._norm_buffer]:
+            for buffer in self._grad_buffers:
                 buffer.assign(tf.zeros_like(buffer))
         return loss
 
