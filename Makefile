@@ -25,8 +25,13 @@ data:
 train: $(VENV)/.installed data
 	$(PY) -m train $(FASHION_MNIST_JOB) --output-dir runs/fashion_mnist_lars
 
+# TensorFlow (the default backend), then the optimizer and per-example norm
+# tests again on Keras's JAX backend.
+JAX_TESTS := tests/test_lars.py tests/test_clars.py tests/test_per_example_norms.py
+
 test: $(VENV)/.installed data
 	$(PY) -m pytest -q tests
+	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/optimizer_apply.py

@@ -181,14 +181,14 @@ class CLARS(LARS):
     def _reset_norm_sums_after_update(self):
         steps = self.gradient_accumulation_steps or 1
         for sums in self._sums():
-            zeros = ops.zeros_like(sums)
+            zeros = ops.zeros(sums.shape, sums.dtype)
             if steps == 1:
                 sums.assign(zeros)
                 continue
             # `iterations` has advanced: a multiple of `steps` means the update
             # just happened and used the accumulated sums.
             applied = ops.equal(self._iterations % steps, 0)
-            sums.assign(ops.where(applied, zeros, sums))
+            sums.assign(ops.where(applied, zeros, sums.value))
 
     def _trust_ratio_gradient_norm(self, index):
         # n_k = (sum over the steps' micro-batches of sum_i ||c_i||) / steps.

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_lars
+from backends import tensorflow_only
 from keras_lars import LARS
 from keras_lars.schedules import WarmupPolynomialDecay
 from numpy_lars import NumpyLARS
@@ -409,6 +410,7 @@ def test_base_class_arguments_keep_working():
     np.testing.assert_allclose(variable.numpy(), plain(grads[:2]), rtol=1e-6)
 
 
+@tensorflow_only
 def test_sparse_embedding_gradients_match_dense():
     import tensorflow as tf
 

@@ -1,5 +1,6 @@
 """Per-example gradient norms against brute force: each example alone through
-its own tape.gradient, one example at a time."""
+its own autodiff pass (tf.GradientTape or jax.grad), one example at a time.
+Runs on TensorFlow and JAX."""
 
 import keras
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_lars
+from backends import jax_only, per_example_gradients, tensorflow_only
 from keras_lars.per_example_norms import choose_method
 
 L = keras.layers
@@ -20,12 +22,8 @@ def _loss():
 def brute_force_mean_norms(model, x, y, variables, training=True, count=None):
     """(1/B) sum_i ||grad f_i||, with f_i example i's loss computed alone."""
     count = count or len(x)
-    total = np.zeros(len(variables))
-    for i in range(count):
-        with tf.GradientTape() as tape:
-            loss = _loss()(y[i : i + 1], model(x[i : i + 1], training=training))
-        total += [np.linalg.norm(g.numpy()) for g in tape.gradient(loss, variables)]
-    return total / count
+    grads = per_example_gradients(model, _loss(), x[:count], y[:count], variables, training)
+    return np.mean([[np.linalg.norm(g) for g in example] for example in grads], axis=0)
 
 
 def _model(input_shape, *layers):
@@ -68,9 +66,23 @@ def test_norms_match_brute_force(case, method):
     np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
     # Triangle inequality: the mean of norms bounds the norm of the mean.
     for n, g in zip(norms, grads):
-        assert float(n) >= np.linalg.norm(g.numpy()) * (1 - 1e-6)
+        assert float(n) >= np.linalg.norm(keras.ops.convert_to_numpy(g)) * (1 - 1e-6)
 
 
+@jax_only
+def test_norms_inside_jax_jit_match_eager():
+    import jax
+
+    shape, layers = CASES["conv2d_strided_same_groups"]
+    model = _model(shape, *layers())
+    x = np.random.default_rng(1).normal(size=(B,) + shape).astype("float32")
+    y = np.arange(B) % 4
+    eager, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss())
+    jitted = jax.jit(lambda x: keras_lars.per_example_gradient_norms(model, x, y, _loss())[0])(x)
+    np.testing.assert_allclose([float(n) for n in jitted], [float(n) for n in eager], rtol=1e-5)
+
+
+@tensorflow_only
 def test_norms_inside_tf_function_match_eager():
     shape, layers = CASES["conv2d_strided_same_groups"]
     model = _model(shape, *layers())
@@ -94,6 +106,7 @@ def test_batchnorm_in_inference_mode_matches_brute_force():
     np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
 
 
+@tensorflow_only
 def test_batchnorm_in_training_mode_gives_per_example_contributions():
     # Examples are coupled through the batch statistics: the norms are those of
     # a_i (x) d_i with d from the batch loss, checked here by a per-example
@@ -200,3 +213,58 @@ def test_method_choice_follows_the_cost_model():
     # Early layer (28x28 output, 16 channels): materializing is cheaper.
     assert choose_method("auto", 784, 9, 16, 16) == "materialize"
     assert choose_method("ghost", 784, 9, 16, 16) == "ghost"
+
+
+class _Scale(L.Layer):
+    """y = x * scale with a (C,) scale: a layer the taps do not know."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=input_shape[-1:], initializer="random_normal", name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+
+def _scale_forward(layer, tap, x):
+    return tap(x * layer.scale, x)
+
+
+def _scale_squared_norms(layer, x, d, method):
+    axes = tuple(range(1, len(x.shape) - 1))
+    per_example = keras.ops.sum(keras.ops.cast(x, "float32") * keras.ops.cast(d, "float32"), axis=axes)
+    return (keras.ops.sum(keras.ops.square(per_example), axis=-1),)
+
+
+def test_user_registered_layer_matches_brute_force():
+    model = _model((5, 3), _Scale(name="scale"), L.Dense(6, activation="tanh"))
+    x = np.random.default_rng(6).normal(size=(B, 5, 3)).astype("float32")
+    y = np.arange(B) % 4
+    variables = model.trainable_variables
+    assert "_Scale" not in keras_lars.supported_layers()
+    with pytest.raises(ValueError, match=r"(?s)'scale/scale' of layer 'scale' \(_Scale\).*register_layer"):
+        keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables)
+    keras_lars.register_layer(_Scale, _scale_forward, _scale_squared_norms)
+    try:
+        assert "_Scale" in keras_lars.supported_layers()
+        norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables)
+    finally:
+        del keras_lars.taps.LAYER_RULES[_Scale]
+    np.testing.assert_allclose([float(n) for n in norms], brute_force_mean_norms(model, x, y, variables), rtol=1e-5)
+
+
+def test_register_layer_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="subclass of keras.layers.Layer"):
+        keras_lars.register_layer(int, _scale_forward, _scale_squared_norms)
+    with pytest.raises(TypeError, match="`squared_norms` must be callable"):
+        keras_lars.register_layer(_Scale, _scale_forward, None)
+
+
+def test_squared_norms_match_brute_force_with_a_sub_batch():
+    shape, layers = CASES["conv2d_strided_same_groups"]
+    model = _model(shape, *layers())
+    x = np.random.default_rng(7).normal(size=(8,) + shape).astype("float32")
+    y = np.arange(8) % 4
+    variables = model.trainable_variables
+    squared, _, _ = keras_lars.per_example_squared_norms(model, x, y, _loss(), variables, sub_batch_size=5)
+    expected = [[np.sum(g * g) for g in example] for example in per_example_gradients(model, _loss(), x[:5], y[:5], variables)]
+    np.testing.assert_allclose(np.stack([keras.ops.convert_to_numpy(s) for s in squared], 1), expected, rtol=1e-4)

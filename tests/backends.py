@@ -1,0 +1,44 @@
+"""Backend helpers for tests that run on TensorFlow and on JAX (the second
+pytest run of `make test` sets KERAS_BACKEND=jax)."""
+
+import keras
+import numpy as np
+import pytest
+
+BACKEND = keras.backend.backend()
+tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow-specific")
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="JAX-specific")
+
+
+def gradients(model, loss_fn, variables):
+    """d loss_fn() / d v for each of `variables` (trainable variables of
+    `model`), by plain autodiff: `tf.GradientTape`, or `jax.grad` of the
+    model's stateless call. NumPy float64 arrays."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, variables)
+    else:
+        import jax
+
+        trainable = model.trainable_variables
+        index = {id(v): i for i, v in enumerate(trainable)}
+
+        def loss_of(values):
+            with keras.StatelessScope(state_mapping=list(zip(trainable, values))):
+                return loss_fn()
+
+        all_grads = jax.grad(loss_of)([v.value for v in trainable])
+        grads = [all_grads[index[id(v)]] for v in variables]
+    return [np.asarray(keras.ops.convert_to_numpy(g), np.float64) for g in grads]
+
+
+def per_example_gradients(model, loss, x, y, variables, training=True):
+    """Each example's gradient, computed alone (one autodiff pass per
+    example): a list over examples of lists over `variables`."""
+    return [
+        gradients(model, lambda i=i: loss(y[i : i + 1], model(x[i : i + 1], training=training)), variables)
+        for i in range(len(x))
+    ]
