@@ -4,8 +4,12 @@ Both optimizers train identical models through `model.train_on_batch` (Keras's
 own compiled train step); CLARS's step also computes the per-example gradient
 norms (`keras_lars.attach_per_example_norms`). Steps are interleaved so that
 both see the same machine state; the medians are printed as CLARS / LARS
-ratios. Peak memory is TensorFlow's allocator peak during one step
-(`tf.config.experimental.get_memory_info`) above the memory in use before it.
+ratios. Peak memory is the allocator's peak during one step above the memory
+in use before it: TensorFlow's (`tf.config.experimental.get_memory_info`), or
+on JAX the device's `memory_stats()` where it has them (GPUs; not JAX's CPU).
+
+Runs on the Keras backend in use: `KERAS_BACKEND=jax python
+benchmarks/clars_step.py` for JAX (whose train step is one jit).
 
 The last columns say where the extra time goes: the multiply-adds of the norm
 computation (per layer the cheaper of ghost norm and materialized per-example
@@ -27,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import keras_lars  # noqa: E402
 from keras_lars.per_example_norms import choose_method  # noqa: E402
@@ -36,8 +39,10 @@ from keras_lars.train.models import build_model  # noqa: E402
 CONFIGS = {
     "resnet20 28x28 b256": ("resnet20", (28, 28, 1), 10, 256),
     "resnet50 64x64 b32": ("resnet50", (64, 64, 3), 1000, 32),
+    "resnet50 128x128 b16": ("resnet50", (128, 128, 3), 1000, 16),
     "resnet50 224x224 b32": ("resnet50", (224, 224, 3), 1000, 32),
 }
+JAX = keras.backend.backend() == "jax"
 
 
 def _model(name, input_shape, classes, optimizer, **attach):
@@ -50,10 +55,25 @@ def _model(name, input_shape, classes, optimizer, **attach):
 
 
 def _peak_step_bytes(model, x, y):
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    """Peak allocator bytes above the start during one step, or NaN where unknown."""
+    if JAX:
+        import jax
+
+        device = jax.devices()[0]
+        stats = device.memory_stats()
+        if not stats or "peak_bytes_in_use" not in stats:
+            model.train_on_batch(x, y)
+            return float("nan")
+        before = stats["bytes_in_use"]
+        model.train_on_batch(x, y)
+        return device.memory_stats()["peak_bytes_in_use"] - before  # a process-wide peak
+    import tensorflow as tf
+
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    tf.config.experimental.reset_memory_stats(device)
+    before = tf.config.experimental.get_memory_info(device)["current"]
     model.train_on_batch(x, y)
-    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+    return tf.config.experimental.get_memory_info(device)["peak"] - before
 
 
 def _cost_split(model, batch):
@@ -118,10 +138,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--with-224", action="store_true", help="also ResNet-50 at 224x224 (minutes on 2 CPU cores)")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations only")
     args = parser.parse_args()
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
-          f"{[d.name for d in tf.config.list_logical_devices()]}")
-    labels = list(CONFIGS)[:2] + (list(CONFIGS)[2:] if args.with_224 else [])
+    if JAX:
+        import jax
+
+        print(f"Keras {keras.__version__} on JAX {jax.__version__}, devices: {jax.devices()}")
+    else:
+        import tensorflow as tf
+
+        print(f"Keras {keras.__version__} on TensorFlow {tf.__version__}, devices: "
+              f"{[d.name for d in tf.config.list_logical_devices()]}")
+    labels = args.only or list(CONFIGS)[:3] + (list(CONFIGS)[3:] if args.with_224 else [])
     for label in labels:
         bench(label, args.rounds)
 

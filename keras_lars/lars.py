@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_lars._validation import check_number
 from keras_lars._probes import is_probe
-from keras_lars._backend import colocated_with, dense_gradient, maybe_jit
+from keras_lars._backend import colocated_with, dense_gradient, fast_norm, maybe_jit
 from keras_lars.exclusions import ExclusionRules
 
 TRUST_RATIO_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
@@ -39,6 +39,7 @@ def lars_update(
     v,
     learning_rate,
     gradient_norm=None,
+    weight_norm=None,
     *,
     momentum,
     eta,
@@ -61,7 +62,9 @@ def lars_update(
         gradient_norm: None (LARS: the trust ratio uses ||g||) or a float32
             scalar that replaces ||g|| in it (CLARS: n_k, the mean of the
             per-example gradient norms, Eq. 5 of Huo et al.); then
-            `denominator` must be "sum_of_norms".
+            `denominator` must be "sum_of_norms". LARS passes ||g|| itself
+            here when computed outside the update (`_backend.fast_norm`).
+        weight_norm: None or a float32 scalar, ||w|| computed by the caller.
         momentum, eta, weight_decay, epsilon: Python floats (see `LARS`);
             `weight_decay` is 0 for a variable excluded from decay.
         adapt: Python bool, False for a variable excluded from adaptation.
@@ -80,7 +83,7 @@ def lars_update(
     decayed = g32 + weight_decay * w32 if weight_decay else g32
     ratio = clipped = ops.ones((), dtype)
     if adapt:
-        w_norm = _norm(w32)
+        w_norm = _norm(w32) if weight_norm is None else ops.cast(weight_norm, dtype)
         if gradient_norm is not None:
             g_norm = ops.cast(gradient_norm, dtype)
             denom = g_norm + weight_decay * w_norm + epsilon
@@ -393,8 +396,16 @@ class LARS(keras.optimizers.Optimizer):
         slot = self.momentums[index] if self.momentums else None
         adapt = self._adapts[index]
         fn = self._update_fn(adapt, self._uses_decay[index])
-        gradient_norm = self._trust_ratio_gradient_norm(index) if adapt else None
-        new_w, new_v, *statistics = fn(variable, dense_gradient(gradient), slot, learning_rate, gradient_norm)
+        gradient = dense_gradient(gradient)
+        gradient_norm = weight_norm = None
+        if adapt:
+            gradient_norm = self._trust_ratio_gradient_norm(index)
+            # The norms are the memory traffic LARS adds to SGD: where a
+            # faster kernel than the update's exists, use it (see fast_norm).
+            weight_norm = fast_norm(variable)
+            if weight_norm is not None and gradient_norm is None and self.trust_ratio_denominator == "sum_of_norms":
+                gradient_norm = fast_norm(gradient)
+        new_w, new_v, *statistics = fn(variable, gradient, slot, learning_rate, gradient_norm, weight_norm)
         self.assign(variable, new_w)
         if slot is not None:
             self.assign(slot, new_v)
