@@ -372,24 +372,32 @@ class PerExampleNorms:
             return self.probe_values[self.taps.index(tap)]
         return tap.probe.value
 
-    def install(self):
+    def install(self, forget_compiled=True):
         for tap in self.taps:
             tap.install()
         if self._holder is not None and self._holder not in self._host._layers:
             self._host._layers.append(self._holder)
         object.__setattr__(self.model, _ATTACHMENT, self)
-        _forget_compiled_functions(self.model)
+        if forget_compiled:
+            _forget_compiled_functions(self.model)
 
-    def detach(self):
+    def detach(self, forget_compiled=True):
         """Restores the layers' own `call` and removes the probes; CLARS then
-        fails at its next step."""
+        fails at its next step.
+
+        Args:
+            forget_compiled: drop the model's compiled train/test/predict
+                functions (they hold the old variable list); False only for
+                a detach that is undone before the model trains again.
+        """
         for tap in self.taps:
             tap.remove()
         if self._holder is not None and self._holder in self._host._layers:
             self._host._layers.remove(self._holder)
         if self.model.__dict__.get(_ATTACHMENT) is self:
             object.__delattr__(self.model, _ATTACHMENT)
-        _forget_compiled_functions(self.model)
+        if forget_compiled:
+            _forget_compiled_functions(self.model)
 
     def sub_batch(self, residuals, d):
         """The first |J| examples (on TensorFlow, per replica: ceil(|J| /
@@ -680,13 +688,15 @@ def _one_pass(model, x, y, loss, variables, sample_weight, training, options, wi
         variables = _default_variables(model)
         if variables is None:
             variables = [v for v in model.trainable_variables if len(v.shape) >= 2 and not _probes.is_probe(v)]
+    # A temporary attachment without variables: the model's compiled
+    # functions stay valid (a callback may call this during `fit`).
     previous = attached(model)
     if previous is not None:
-        previous.detach()
+        previous.detach(forget_compiled=False)
     attachment = PerExampleNorms(
         model, variables, method, sub_batch_size, unsupported_layers, width, probe_variables=False
     )
-    attachment.install()
+    attachment.install(forget_compiled=False)
     try:
 
         def loss_fn(probe_values):
@@ -696,9 +706,9 @@ def _one_pass(model, x, y, loss, variables, sample_weight, training, options, wi
         shapes = [(len(tap.variables), width) for tap in attachment.taps]
         loss_value, gradients, probe_grads = _backend.value_and_gradients(model, loss_fn, variables, shapes)
     finally:
-        attachment.detach()
+        attachment.detach(forget_compiled=False)
         if previous is not None:
-            previous.install()
+            previous.install(forget_compiled=False)
     rows = {}
     for tap, grad in zip(attachment.taps, probe_grads):
         for j, target in enumerate(tap.variables):

@@ -256,3 +256,22 @@ def test_saved_weights_hold_no_probes_and_load_into_a_plain_model(tmp_path):
     assert len(plain.trainable_variables) == len(_weights(model))
     for a, b in zip(plain.trainable_variables, _weights(model)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@tensorflow_only
+def test_one_pass_norms_in_a_callback_during_fit():
+    # The one-pass functions attach temporary taps without variables, so the
+    # compiled train function of an attached model stays valid mid-fit.
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            norms, _, _ = keras_lars.per_example_gradient_norms(self.model, X[:4], Y[:4], _loss())
+            seen.append([float(n) for n in norms])
+
+    model = _compiled(keras_lars.CLARS(learning_rate=1.0, weight_decay=1e-3))
+    model.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[Probe()])
+    assert len(seen) == 2 and all(np.isfinite(seen[-1])) and seen[0] != seen[1]
+    reference = _compiled(keras_lars.CLARS(learning_rate=1.0, weight_decay=1e-3))
+    reference.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    _assert_same_state(model, reference)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_lars
-from backends import jax_only, per_example_gradients, tensorflow_only
+from backends import per_example_gradients, tensorflow_only
 from keras_lars.per_example_norms import choose_method
 
 L = keras.layers
@@ -69,28 +69,23 @@ def test_norms_match_brute_force(case, method):
         assert float(n) >= np.linalg.norm(keras.ops.convert_to_numpy(g)) * (1 - 1e-6)
 
 
-@jax_only
-def test_norms_inside_jax_jit_match_eager():
-    import jax
+def _compiled(fn):
+    """`fn` traced and compiled by the backend: jax.jit or tf.function."""
+    if keras.backend.backend() == "jax":
+        import jax
 
+        return jax.jit(fn)
+    return tf.function(fn)
+
+
+def test_norms_inside_a_compiled_function_match_eager():
     shape, layers = CASES["conv2d_strided_same_groups"]
     model = _model(shape, *layers())
     x = np.random.default_rng(1).normal(size=(B,) + shape).astype("float32")
     y = np.arange(B) % 4
     eager, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss())
-    jitted = jax.jit(lambda x: keras_lars.per_example_gradient_norms(model, x, y, _loss())[0])(x)
-    np.testing.assert_allclose([float(n) for n in jitted], [float(n) for n in eager], rtol=1e-5)
-
-
-@tensorflow_only
-def test_norms_inside_tf_function_match_eager():
-    shape, layers = CASES["conv2d_strided_same_groups"]
-    model = _model(shape, *layers())
-    x = np.random.default_rng(1).normal(size=(B,) + shape).astype("float32")
-    y = np.arange(B) % 4
-    eager, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss())
-    graph, _, _ = tf.function(lambda: keras_lars.per_example_gradient_norms(model, x, y, _loss()))()
-    np.testing.assert_allclose([float(n) for n in graph], [float(n) for n in eager], rtol=1e-5)
+    compiled = _compiled(lambda x: keras_lars.per_example_gradient_norms(model, x, y, _loss())[0])(x)
+    np.testing.assert_allclose([float(n) for n in compiled], [float(n) for n in eager], rtol=1e-5)
 
 
 def test_batchnorm_in_inference_mode_matches_brute_force():
@@ -132,12 +127,16 @@ def test_batchnorm_in_training_mode_gives_per_example_contributions():
     np.testing.assert_allclose(float(norms[0]), expected, rtol=1e-5)
 
 
-def test_sub_batch_estimate_uses_the_first_examples():
-    shape, layers = CASES["conv2d_dilated_valid"]
+def _case_batch(case, seed, size=8):
+    """A model of CASES[case], `size` random examples and labels, its variables."""
+    shape, layers = CASES[case]
     model = _model(shape, *layers())
-    x = np.random.default_rng(4).normal(size=(8,) + shape).astype("float32")
-    y = np.arange(8) % 4
-    variables = model.trainable_variables
+    x = np.random.default_rng(seed).normal(size=(size,) + shape).astype("float32")
+    return model, x, np.arange(size) % 4, model.trainable_variables
+
+
+def test_sub_batch_estimate_uses_the_first_examples():
+    model, x, y, variables = _case_batch("conv2d_dilated_valid", 4)
     norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables, sub_batch_size=3)
     # (B / |J|) * sum_{j<3} ||grad f_j|| / B = the mean over the first 3 examples.
     expected = brute_force_mean_norms(model, x, y, variables, count=3)
@@ -260,11 +259,7 @@ def test_register_layer_rejects_bad_arguments():
 
 
 def test_squared_norms_match_brute_force_with_a_sub_batch():
-    shape, layers = CASES["conv2d_strided_same_groups"]
-    model = _model(shape, *layers())
-    x = np.random.default_rng(7).normal(size=(8,) + shape).astype("float32")
-    y = np.arange(8) % 4
-    variables = model.trainable_variables
+    model, x, y, variables = _case_batch("conv2d_strided_same_groups", 7)
     squared, _, _ = keras_lars.per_example_squared_norms(model, x, y, _loss(), variables, sub_batch_size=5)
     expected = [[np.sum(g * g) for g in example] for example in per_example_gradients(model, _loss(), x[:5], y[:5], variables)]
     np.testing.assert_allclose(np.stack([keras.ops.convert_to_numpy(s) for s in squared], 1), expected, rtol=1e-4)
