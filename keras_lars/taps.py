@@ -42,9 +42,10 @@ i's contribution to the batch gradient, the quantity hook-based per-example
 methods (Opacus, BackPACK) compute; it is not the gradient of f_i evaluated
 on example i alone.
 
-A layer called more than once per step (a shared layer) adds the norm sums
-of its calls, which is not the norm of its summed per-example gradients: a
-functional model's shared layers are refused at attach time.
+A layer called more than once per step (a shared layer) would add the norm
+sums of its calls, which is not the norm of its summed per-example
+gradients: layers with more than one call in a functional graph are refused
+at attach time (a subclassed model's `call` is not inspected).
 """
 
 import dataclasses
