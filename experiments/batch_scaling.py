@@ -20,7 +20,6 @@ validation split, as in the papers), and the best runs at the smallest and
 largest batch are repeated with seeds 1 and 2.
 """
 
-import dataclasses
 
 import numpy as np
 
