@@ -1,6 +1,6 @@
 """Runs every claim, cheapest evidence first:
 
-    python -m experiments [--quick] [--out docs/results] [--only NAME,NAME]
+    python -m experiments [--quick] [--out docs/results] [--only NAME,NAME] [--jobs N]
 
 Each run is cached under OUT/<claim>/runs/, so an interrupted suite resumes
 where it stopped, and a rerun with every result present only redraws the
@@ -15,6 +15,7 @@ import os
 import time
 
 CLAIMS = ("batch_scaling", "warmup", "longer_training", "gradient_variance", "trust_ratios")
+PARALLEL = ("batch_scaling", "warmup", "longer_training")  # the claims that take --jobs
 
 
 def main(argv=None):
@@ -22,6 +23,9 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=",".join(CLAIMS), help="comma-separated subset of " + ", ".join(CLAIMS))
+    from experiments import common
+
+    parser.add_argument("--jobs", type=common.positive_int, default=1, help=common.JOBS_HELP + f"; for {', '.join(PARALLEL)}")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - set(CLAIMS))
@@ -29,14 +33,13 @@ def main(argv=None):
         parser.error(f"unknown claim(s) {unknown}; accepted: {', '.join(CLAIMS)}")
     import importlib
 
-    from experiments import common
-
     out = args.out or ("runs/experiments_quick" if args.quick else "docs/results")
     suite = {}
     for name in names:
         start = time.time()
         module = importlib.import_module(f"experiments.{name}")
-        module.main(["--out", out] + (["--quick"] if args.quick else []))
+        jobs = ["--jobs", str(args.jobs)] if name in PARALLEL else []
+        module.main(["--out", out] + (["--quick"] if args.quick else []) + jobs)
         runs = glob.glob(os.path.join(out, name, "runs", "*.json"))
         trained = sum(json.load(open(p)).get("seconds", 0) for p in runs)
         suite[name] = dict(wall_seconds=round(time.time() - start, 1), runs=len(runs), training_seconds=round(trained, 1))

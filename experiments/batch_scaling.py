@@ -1,32 +1,40 @@
 """Claim 2 (LARS Tables 1, 3, 4 and Fig. 4; CLARS Fig. 1): test accuracy
 against the global batch at a fixed epoch budget, each method's LR tuned on
-its own grid at every batch.
+its own grid at every batch, with and without BatchNorm.
 
-    python -m experiments.batch_scaling [--quick] [--out docs/results]
+    python -m experiments.batch_scaling [--models mlp3,mlp3_nobn] [--jobs N] [--quick] [--out docs/results]
 
-Model: mlp3 (BatchNorm MLP) on Fashion-MNIST, 10 epochs: the only model for
-which 3 methods x 6 batches x 5+ LRs (about 100 runs) fit this machine's
-budget (ResNet-8 trains at ~650-1,300 img/s here, mlp3 at 15,000-45,000).
+Models: mlp3 (BatchNorm MLP) and mlp3_nobn (the same MLP without BatchNorm,
+biases on), Fashion-MNIST, 10 epochs: the paper's AlexNet-BN / AlexNet pair
+in the only size for which 3 methods x 6 batches x 5+ LRs x 3 seeds fit
+this machine's budget (ResNet-8 trains at ~650-1,300 img/s here, the MLPs
+at 20,000-40,000 on one thread).
+
 The peak LR is gamma = c * B / 256 (linear scaling, Goyal et al.; the CLARS
-paper's gamma_scale for LARS and CLARS too), c on a grid of 5 points a factor
-2 apart, the same 5 for LARS and CLARS and a grid of equal width for SGD.
-Same schedule shape (warmup then polynomial decay, power 2), weight decay,
-momentum and data order for all; CLARS has no warmup (it replaces it).
-Where the best point of a (method, batch) lies on an edge of the grid, the
-grid is extended by factor-2 steps beyond that edge until the best is
-interior (at most 3 steps; the same rule for every method). The best c per
-(method, batch) is picked by final test top-1 (there is no separate
-validation split, as in the papers), and the best runs at the smallest and
-largest batch are repeated with seeds 1 and 2.
-"""
+paper's gamma_scale for LARS and CLARS too), c on a base grid of 5 points a
+factor 2 apart, the same 5 for LARS and CLARS and a grid of equal width for
+SGD. Same schedule shape (warmup then polynomial decay, power 2), weight
+decay, momentum and data order for all; CLARS has no warmup (it replaces
+it). The rule, the same for every method and model:
 
+- every grid point runs with seed 0; at B >= 4096 every grid point also runs
+  with seeds 1 and 2, below that the best seed-0 point and both its
+  neighbours do (and the neighbours of whichever point is then best);
+- a point's score is the mean final test top-1 over the seeds it ran, a
+  diverged run counting as chance (0.1); the best point is the best seed
+  mean among the points with 3 seeds (there is no separate validation split,
+  as in the papers);
+- where the best lies on an edge of the grid, the grid is extended by a
+  factor-2 step beyond that edge, until the best is interior (at most
+  `MAX_EXTENSIONS` steps, a safety cap).
+"""
 
 import numpy as np
 
 from experiments import common
 
 NAME = "batch_scaling"
-MODEL = "mlp3"
+MODELS = ("mlp3", "mlp3_nobn")
 EPOCHS = 10
 WARMUP_EPOCHS = 2
 WEIGHT_DECAY = 1e-4
@@ -39,18 +47,21 @@ GRIDS = {
 }
 ETAS = {"sgd": 0.001, "lars": 0.001, "clars": 0.01}
 SEEDS = (0, 1, 2)
-MAX_EXTENSIONS = 3
+ALL_SEEDS_FROM_BATCH = 4096  # every grid point gets every seed from this batch up
+MAX_EXTENSIONS = 8
+CHANCE = 0.1  # the top-1 a diverged run counts as
 GOOD_LR_TOLERANCE = 0.02  # top-1, absolute
-FLOOR = 0.5  # the accuracy plot's lower limit
+FLOOR = 0.5  # the accuracy plot's lower limit, unless a best point lies lower
 LABELS = {"sgd": "SGD+momentum (warmup)", "lars": "LARS (warmup, eta 0.001)", "clars": "CLARS (no warmup, eta 0.01)"}
 COLORS = {"sgd": "tab:gray", "lars": "tab:blue", "clars": "tab:red"}
+TITLES = {"mlp3": "mlp3: with BatchNorm", "mlp3_nobn": "mlp3_nobn: without BatchNorm"}
 
-QUICK = dict(batches=(256, 1024), grids={m: g[2:3] for m, g in GRIDS.items()}, seeds=(0, 1), max_steps=2, epochs=2,
-             max_extensions=0)
+QUICK = dict(batches=(256, 1024), grids={m: g[1:3] for m, g in GRIDS.items()}, seeds=(0, 1), max_steps=2, epochs=2,
+             all_seeds_from_batch=1024, max_extensions=0)
 
 
-def spec(method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epochs=None):
-    """The run for (method, batch, grid point c): gamma = c * batch / 256."""
+def spec(model, method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epochs=None):
+    """The run for (model, method, batch, grid point c): gamma = c * batch / 256."""
     if warmup_epochs is None:
         warmup_epochs = 0 if method == "clars" else WARMUP_EPOCHS
     return common.RunSpec(
@@ -59,7 +70,7 @@ def spec(method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epochs=Non
         learning_rate=c * batch / 256,
         epochs=epochs,
         warmup_epochs=warmup_epochs,
-        model=MODEL,
+        model=model,
         eta=ETAS[method],
         weight_decay=WEIGHT_DECAY,
         seed=seed,
@@ -70,37 +81,47 @@ def spec(method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epochs=Non
 def settings(quick):
     if quick:
         return QUICK
-    return dict(batches=BATCHES, grids=GRIDS, seeds=SEEDS, max_steps=0, epochs=EPOCHS)
+    return dict(batches=BATCHES, grids=GRIDS, seeds=SEEDS, max_steps=0, epochs=EPOCHS,
+                all_seeds_from_batch=ALL_SEEDS_FROM_BATCH, max_extensions=MAX_EXTENSIONS)
 
 
-def _tune(method, batch, s, cache, jit):
-    """The grid actually run for (method, batch): the base grid, extended by a
-    factor-2 step beyond whichever edge holds the best point, until the best
-    is interior (at most `MAX_EXTENSIONS` steps). The same rule for every
-    method, so that none is tuned more than another."""
-    grid = list(s["grids"][method])
-    run = lambda c: common.run(spec(method, batch, c, 0, s["epochs"], s["max_steps"]), cache, jit_compile=jit)  # noqa: E731
-    scores = {c: _score(run(c)) for c in grid}
-    for _ in range(s.get("max_extensions", MAX_EXTENSIONS)):
-        best = max(grid, key=lambda c: scores[c])
-        if best == grid[0]:
-            grid.insert(0, grid[0] / 2)
-            scores[grid[0]] = _score(run(grid[0]))
-        elif best == grid[-1]:
-            grid.append(grid[-1] * 2)
-            scores[grid[-1]] = _score(run(grid[-1]))
-        else:
-            break
-    return grid
+def top1(summary):
+    """Final test top-1 of a run, `CHANCE` if it diverged."""
+    value = summary["final_test_top1"]
+    return CHANCE if value is None else value
+
+
+def _neighbours(grid, c):
+    i = grid.index(c)
+    return set(grid[max(i - 1, 0):i + 2])
+
+
+def tune(grid, seeds, all_seeds, max_extensions, train):
+    """The tuning rule of this module's docstring, for one (model, method,
+    batch). `train(c, seed)` returns a run summary (cached). Returns (grid
+    actually run, sorted; set of points run with every seed; best c)."""
+    grid = sorted(grid)
+    for extension in range(max_extensions + 1):
+        first = {c: top1(train(c, seeds[0])) for c in grid}
+        seeded = set(grid) if all_seeds else _neighbours(grid, max(grid, key=lambda c: (first[c], -c)))
+        while True:
+            means = {c: float(np.mean([top1(train(c, seed)) for seed in seeds])) for c in seeded}
+            best = max(sorted(seeded), key=lambda c: means[c])  # ties: the smaller LR
+            if _neighbours(grid, best) <= seeded:
+                break
+            seeded |= _neighbours(grid, best)
+        if extension == max_extensions or best not in (grid[0], grid[-1]):
+            return grid, seeded, best
+        grid = sorted(grid + [best / 2 if best == grid[0] else best * 2])
 
 
 def good_lr_range(points, tolerance=GOOD_LR_TOLERANCE):
     """LARS Fig. 4's "interval of good LRs": the largest and smallest LR of
-    the contiguous run of grid points around the best whose final top-1 is
-    within `tolerance` of the best, and their ratio."""
+    the contiguous run of grid points around the best whose score (seed mean)
+    is within `tolerance` of the best's, and their ratio."""
     ordered = sorted(points, key=lambda p: p["learning_rate"])
-    scores = [-1.0 if p["final_test_top1"] is None else p["final_test_top1"] for p in ordered]
-    best = max(range(len(ordered)), key=lambda i: scores[i])
+    scores = [p["mean"] for p in ordered]
+    best = next(i for i, p in enumerate(ordered) if p.get("best"))
     low = high = best
     while low > 0 and scores[low - 1] >= scores[best] - tolerance:
         low -= 1
@@ -110,121 +131,142 @@ def good_lr_range(points, tolerance=GOOD_LR_TOLERANCE):
     return dict(tolerance=tolerance, low=lo, high=hi, ratio=hi / lo)
 
 
-def _score(summary):
-    top1 = summary["final_test_top1"]
-    return -1.0 if top1 is None else top1
+def _point(c, summaries, best):
+    tops = [s["final_test_top1"] for s in summaries]
+    scores = [top1(s) for s in summaries]
+    return dict(c=c, learning_rate=summaries[0]["spec"]["learning_rate"], best=best,
+                seeds=[s["spec"]["seed"] for s in summaries], final_test_top1=tops,
+                diverged=[s["diverged"] for s in summaries], mean=float(np.mean(scores)),
+                min=float(min(scores)), max=float(max(scores)), seconds=sum(s["seconds"] for s in summaries),
+                run_ids=[s["run_id"] for s in summaries])
 
 
-def run_grid(out, quick=False, methods=common.METHODS):
-    """Runs (or reads) every grid point and the seed repeats; returns the
-    results dict written to results.json."""
+def _train(model, method, batch, s, cache, jit):
+    def train(c, seed):
+        return common.run(spec(model, method, batch, c, seed, s["epochs"], s["max_steps"]), cache, jit_compile=jit)
+
+    return train
+
+
+def _tune(model, method, batch, s, cache, jit):
+    return tune(s["grids"][method], s["seeds"], batch >= s["all_seeds_from_batch"], s["max_extensions"],
+                _train(model, method, batch, s, cache, jit))
+
+
+def _tune_task(args):
+    common.configure_runtime()
+    _tune(*args)
+    return args[:3]
+
+
+def run_model(model, s, cache, jit):
+    """The results dict of one model, from its (cached) runs."""
+    methods = {}
+    for method in common.METHODS:
+        for batch in s["batches"]:
+            grid, seeded, best = _tune(model, method, batch, s, cache, jit)
+            train = _train(model, method, batch, s, cache, jit)
+            points = [_point(c, [train(c, seed) for seed in (s["seeds"] if c in seeded else s["seeds"][:1])], c == best)
+                      for c in grid]
+            entry = next(p for p in points if p["best"])
+            methods.setdefault(method, {})[str(batch)] = dict(
+                points=points, best_c=best, best_test_top1=entry["mean"], best_range=[entry["min"], entry["max"]],
+                extended=[c for c in grid if c not in s["grids"][method]], good_lr_range=good_lr_range(points))
+    return dict(epochs=s["epochs"], warmup_epochs=WARMUP_EPOCHS, weight_decay=WEIGHT_DECAY,
+                base_grids={m: list(s["grids"][m]) for m in common.METHODS}, etas=dict(ETAS),
+                seeds=list(s["seeds"]), all_seeds_from_batch=s["all_seeds_from_batch"],
+                batches=list(s["batches"]), methods=methods)
+
+
+def run_grid(out, quick=False, models=MODELS, jobs=1):
+    """Runs (or reads) every point of `models`, with `jobs` processes (one
+    (model, method, batch) tuning each at a time), and merges them into
+    results.json (whose other models are kept); returns the merged results."""
     s = settings(quick)
     directory = common.claim_dir(out, NAME)
-    cache = f"{directory}/runs"
-    jit = not quick
-    results = dict(
-        model=MODEL, epochs=s["epochs"], warmup_epochs=WARMUP_EPOCHS, weight_decay=WEIGHT_DECAY,
-        base_grids={m: list(s["grids"][m]) for m in methods}, max_extensions=s.get("max_extensions", MAX_EXTENSIONS), etas={m: ETAS[m] for m in methods},
-        batches=list(s["batches"]), methods={},
-    )
+    cache, jit = f"{directory}/runs", not quick
     # Extremes first, so that a suite stopped early already spans the range.
     order = sorted(s["batches"], key=lambda b: (b not in (s["batches"][0], s["batches"][-1]), b))
-    grids = {}
-    for batch in order:
-        for method in methods:
-            grids[method, batch] = _tune(method, batch, s, cache, jit)
-    for method in methods:
-        per_batch = {}
-        for batch in s["batches"]:
-            points = []
-            for c in grids[method, batch]:
-                summary = common.run(spec(method, batch, c, 0, s["epochs"], s["max_steps"]), cache, jit_compile=jit)
-                points.append(dict(c=c, learning_rate=summary["spec"]["learning_rate"], final_test_top1=summary["final_test_top1"],
-                                   diverged=summary["diverged"], seconds=summary["seconds"], run_id=summary["run_id"]))
-            best = max(points, key=_score)
-            per_batch[str(batch)] = dict(points=points, best_c=best["c"], best_test_top1=best["final_test_top1"],
-                                         extended=len(points) > len(s["grids"][method]),
-                                         good_lr_range=good_lr_range(points))
-        results["methods"][method] = per_batch
-    for method in methods:
-        for batch in (s["batches"][0], s["batches"][-1]):
-            entry = results["methods"][method][str(batch)]
-            tops = [common.run(spec(method, batch, entry["best_c"], seed, s["epochs"], s["max_steps"]), cache, jit_compile=jit)["final_test_top1"]
-                    for seed in s["seeds"]]
-            entry["seeds"] = dict(seeds=list(s["seeds"]), final_test_top1=tops, **_spread(tops))
-    common.write_json(f"{directory}/results.json", results)
-    return results
-
-
-def _spread(values):
-    finite = [v for v in values if v is not None]
-    if not finite:
-        return dict(mean=None, min=None, max=None)
-    return dict(mean=float(np.mean(finite)), min=float(min(finite)), max=float(max(finite)))
+    tasks = [(model, method, batch, s, cache, jit) for model in models for batch in order for method in common.METHODS]
+    common.parallel(_tune_task, tasks, jobs)
+    measured = {model: run_model(model, s, cache, jit) for model in models}
+    return common.write_models(f"{directory}/results.json", measured, MODELS)
 
 
 def plot(results, out):
     plt = common.pyplot()
     directory = common.claim_dir(out, NAME)
-    batches = results["batches"]
-    methods = list(results["methods"])
-    # Accuracy against batch: best grid point per batch, every grid point faint.
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    floor = FLOOR
-    for i, method in enumerate(methods):
-        per_batch = results["methods"][method]
-        shift = 2 ** (0.06 * (i - 1))  # side by side at each batch
-        for batch in batches:
-            for point in per_batch[str(batch)]["points"]:
-                top1 = point["final_test_top1"]
-                below = top1 is None or top1 < floor
-                ax.scatter(batch * shift, floor + 0.004 if below else top1, s=16, color=COLORS[method], alpha=0.35,
-                           marker="v" if below else "o", linewidths=1)
-        best = [per_batch[str(b)]["best_test_top1"] or 0.1 for b in batches]
-        ax.plot([b * shift for b in batches], best, "-o", color=COLORS[method], label=LABELS[method], lw=2)
-        for b in (batches[0], batches[-1]):
-            seeds = per_batch[str(b)].get("seeds")
-            if seeds and seeds["mean"] is not None:
-                ax.errorbar(b * shift, seeds["mean"], yerr=[[seeds["mean"] - seeds["min"]], [seeds["max"] - seeds["mean"]]],
-                            color=COLORS[method], capsize=4, lw=1.2, marker="_", ms=10)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batches, [f"{b // 1024}K" if b >= 1024 else str(b) for b in batches])
-    ax.set_xlabel("global batch size (examples per step)")
-    ax.set_ylabel(f"test top-1 after {results['epochs']} epochs")
-    ax.set_ylim(floor, None)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"Fashion-MNIST, {results['model']}: best LR per batch (line, seed 0), every grid point (dots;\n"
-                 f"triangles: below {floor} or diverged), 3-seed mean and range at the smallest and largest batch (bars)",
-                 fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
+    models = list(results["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        _accuracy_vs_batch(ax, model, results["models"][model])
+    axes[0][0].set_ylabel(f"test top-1 after {results['models'][models[0]]['epochs']} epochs")
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Fashion-MNIST: best LR per batch (line: mean of 3 seeds; bars: min-max), every grid point "
+                 f"(dots: its seed mean; triangles: below the axis or diverged)", fontsize=9)
+    fig.tight_layout()
     common.save(fig, f"{directory}/accuracy_vs_batch.png")
-    # LARS Fig. 4: accuracy against LR at the largest batches.
-    shown = batches[-2:]
-    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.8), squeeze=False)
-    for ax, batch in zip(axes[0], shown):
-        for method in methods:
-            points = results["methods"][method][str(batch)]["points"]
-            lrs = [p["learning_rate"] for p in points]
-            tops = [p["final_test_top1"] if p["final_test_top1"] is not None else 0.1 for p in points]
-            ax.plot(lrs, tops, "-o", color=COLORS[method], label=LABELS[method])
-            for p, lr, top in zip(points, lrs, tops):
-                if p["final_test_top1"] is None:
-                    ax.plot(lr, top, "x", color="black", ms=8)
-            best = results["methods"][method][str(batch)]
-            ax.plot(best["best_c"] * batch / 256, best["best_test_top1"] or 0.1, "*", color=COLORS[method], ms=14,
-                    markeredgecolor="black")
-        ax.set_xscale("log")
-        ax.set_xlabel("peak learning rate gamma (after linear scaling)")
-        ax.set_ylabel(f"test top-1 after {results['epochs']} epochs")
-        ax.set_title(f"B = {batch}: accuracy against LR (star: best; x: diverged)", fontsize=9)
-        ax.grid(alpha=0.3)
+    # LARS Fig. 4: accuracy against LR at the largest batches, one row per model.
+    shown = results["models"][models[0]]["batches"][-2:]
+    fig, axes = plt.subplots(len(models), len(shown), figsize=(5.2 * len(shown), 3.8 * len(models)), squeeze=False)
+    for row, model in zip(axes, models):
+        for ax, batch in zip(row, shown):
+            _accuracy_vs_lr(ax, model, results["models"][model], batch)
     axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
     common.save(fig, f"{directory}/accuracy_vs_lr.png")
 
 
+def _accuracy_vs_batch(ax, model, result):
+    batches = result["batches"]
+    lowest = min(e["best_range"][0] for per_batch in result["methods"].values() for e in per_batch.values())
+    floor = min(FLOOR, max(0.0, round(lowest - 0.05, 1)))
+    for i, method in enumerate(result["methods"]):
+        per_batch = result["methods"][method]
+        shift = 2 ** (0.06 * (i - 1))  # side by side at each batch
+        for batch in batches:
+            for point in per_batch[str(batch)]["points"]:
+                below = point["mean"] < floor
+                ax.scatter(batch * shift, floor + 0.004 if below else point["mean"], s=16, color=COLORS[method],
+                           alpha=0.35, marker="v" if below else "o", linewidths=1)
+        best = [per_batch[str(b)] for b in batches]
+        means = [e["best_test_top1"] for e in best]
+        ax.errorbar([b * shift for b in batches], means, color=COLORS[method], label=LABELS[method], lw=2,
+                    marker="o", capsize=3,
+                    yerr=[[m - e["best_range"][0] for m, e in zip(means, best)],
+                          [e["best_range"][1] - m for m, e in zip(means, best)]])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [f"{b // 1024}K" if b >= 1024 else str(b) for b in batches])
+    ax.set_xlabel("global batch size (examples per step)")
+    ax.set_ylim(floor, None)
+    ax.grid(alpha=0.3)
+    ax.set_title(TITLES.get(model, model), fontsize=10)
+
+
+def _accuracy_vs_lr(ax, model, result, batch):
+    for method in result["methods"]:
+        entry = result["methods"][method][str(batch)]
+        points = entry["points"]
+        lrs = np.array([p["learning_rate"] for p in points])
+        ax.plot(lrs, [p["mean"] for p in points], "-o", ms=4, color=COLORS[method], label=LABELS[method])
+        ax.fill_between(lrs, [p["min"] for p in points], [p["max"] for p in points], color=COLORS[method], alpha=0.15)
+        for p in points:
+            if any(p["diverged"]):
+                ax.plot(p["learning_rate"], p["mean"], "x", color="black", ms=8)
+        ax.plot(entry["best_c"] * batch / 256, entry["best_test_top1"], "*", color=COLORS[method], ms=14,
+                markeredgecolor="black")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate gamma (after linear scaling)")
+    ax.set_ylabel(f"test top-1 after {result['epochs']} epochs")
+    ax.set_title(f"{TITLES.get(model, model)}, B = {batch}\n(mean, band: min-max of 3 seeds; star: best; "
+                 "x: a seed diverged)", fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+
+
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv)
-    plot(run_grid(args.out, args.quick), args.out)
+    args = common.parse_args(__doc__.splitlines()[0], argv, models=MODELS)
+    plot(run_grid(args.out, args.quick, args.models, args.jobs), args.out)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,18 @@ three optimizers on one schedule, and cached `model.fit` runs.
 
 A run is described by a `RunSpec` (a frozen dataclass). `run(spec, cache_dir)`
 trains it once with `model.fit` and writes `cache_dir/<spec.run_id()>.json`
-(the spec, test top-1 and train loss per epoch, wall time, divergence); a later
-call with the same spec reads that file instead of training, so a suite
-resumes where it stopped.
+(the spec, test top-1 and train loss per epoch, wall time, divergence, the
+software and CPU it ran on); a later call with the same spec reads that file
+instead of training, so a suite resumes where it stopped. The run files are
+committed, so a fresh clone trains nothing.
+
+Runs are bit-reproducible: `configure_runtime()` (called by every entry
+point before TensorFlow starts) enables TensorFlow's op determinism and one
+intra-op thread, and `run` seeds Python, NumPy and TensorFlow from
+`spec.seed` before it builds the datasets (the shuffle's seed pair includes
+TensorFlow's global seed, so an unseeded process and one that had trained
+another run shuffled differently). `python -m experiments.reproduce RUN.json`
+retrains a committed run and compares its numbers exactly.
 
 The three methods differ only in the trust ratio and the warmup:
 
@@ -41,7 +50,7 @@ from keras_lars.schedules import WarmupPolynomialDecay  # noqa: E402
 from keras_lars.train import models as train_models  # noqa: E402
 
 METHODS = ("sgd", "lars", "clars")
-MODELS = ("mlp3", "resnet8", "resnet50", "fcn5", "cnn5")
+MODELS = ("mlp3", "mlp3_nobn", "resnet8", "resnet50", "fcn5", "cnn5")
 END_LEARNING_RATE = 1e-4
 TRAIN_EXAMPLES = 60000
 NUM_CLASSES = 10
@@ -119,6 +128,35 @@ class RunSpec:
 _DATA = {}
 
 
+def configure_runtime():
+    """Makes this process's runs bit-reproducible and independent of the
+    machine's core count: TensorFlow's op determinism and one intra- and
+    inter-op thread (one thread is about as fast as two for these models, and
+    lets two runs share a 2-core machine). Call before TensorFlow runs any op;
+    later calls do nothing."""
+    if getattr(configure_runtime, "done", False):
+        return
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.experimental.enable_op_determinism()
+    configure_runtime.done = True
+
+
+def environment():
+    """What a run's numbers depend on besides its spec: the software versions
+    and the CPU (bit-identical results are promised only for the same)."""
+    import platform
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return dict(tensorflow=tf.__version__, keras=keras.__version__, numpy=np.__version__,
+                python=platform.python_version(), cpu=cpu, machine=platform.machine())
+
+
 def fashion_mnist():
     """Fashion-MNIST through the real TFDS builder (prepared offline from
     Debian's files when present), as normalised float32 NumPy arrays:
@@ -169,6 +207,9 @@ def build_model(name, image_size=28):
     - resnet8, resnet50: the trainer's CIFAR ResNet-8 and ResNet-50 v1.5.
     - mlp3: 784-512-256-128-10 with BatchNorm and ReLU (bias-free hidden
       layers): the batch-scaling model, ~50x cheaper per image than ResNet-8.
+    - mlp3_nobn: the same MLP without BatchNorm (hidden layers with biases,
+      ReLU): the no-BatchNorm regime (the LARS paper's AlexNet against
+      AlexNet-BN).
     - fcn5, cnn5: the CLARS paper's 5-layer sigmoid nets of Fig. 2 (the paper
       gives no widths): fcn5 784-512-256-128-64-10; cnn5 three 3x3 convs
       (16/32/64, each followed by 2x2 max pooling) and two dense layers (128, 10).
@@ -183,6 +224,9 @@ def build_model(name, image_size=28):
         for i, width in enumerate((512, 256, 128)):
             x = layers.Dense(width, use_bias=False, name=f"fc{i + 1}")(x)
             x = layers.ReLU(name=f"relu{i + 1}")(layers.BatchNormalization(name=f"bn{i + 1}")(x))
+    elif name == "mlp3_nobn":
+        for i, width in enumerate((512, 256, 128)):
+            x = layers.Dense(width, activation="relu", name=f"fc{i + 1}")(x)
     elif name == "fcn5":
         for i, width in enumerate((512, 256, 128, 64)):
             x = layers.Dense(width, activation="sigmoid", name=f"fc{i + 1}")(x)
@@ -192,7 +236,7 @@ def build_model(name, image_size=28):
             x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
         x = layers.Flatten(name="flatten")(x)
         x = layers.Dense(128, activation="sigmoid", name="fc4")(x)
-    x = layers.Dense(NUM_CLASSES, name=f"fc{5 if name != 'mlp3' else 4}")(x)
+    x = layers.Dense(NUM_CLASSES, name=f"fc{4 if name.startswith('mlp3') else 5}")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -270,6 +314,7 @@ def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
+    keras.utils.set_random_seed(spec.seed)  # before the datasets: their shuffle seed depends on it
     train, test = datasets(spec)
     model, _ = build(spec, jit_compile)
     epoch_log = _EpochLog()
@@ -296,6 +341,7 @@ def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
         diverged=diverged,
         seconds=round(seconds, 1),
         images_per_second=round(spec.steps_per_epoch * spec.batch_size * len(losses) / seconds, 1),
+        environment=environment(),
     )
     for callback in callbacks:
         if hasattr(callback, "summary"):
@@ -311,9 +357,18 @@ def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
     return summary
 
 
-def parse_args(description, argv=None):
-    """The flags every experiment takes: --out, --quick."""
+def parse_args(description, argv=None, models=None):
+    """The flags every experiment takes: --out, --quick, and --models and
+    --jobs when `models` (the claim's models) is given. Configures the
+    runtime."""
     parser = argparse.ArgumentParser(description=description)
+    if models:
+        parser.add_argument(
+            "--models",
+            default=",".join(models),
+            help="comma-separated subset of " + ", ".join(models) + " (default: all)",
+        )
+        parser.add_argument("--jobs", type=positive_int, default=1, help=JOBS_HELP)
     parser.add_argument(
         "--out",
         default=None,
@@ -327,13 +382,73 @@ def parse_args(description, argv=None):
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = "runs/experiments_quick" if args.quick else "docs/results"
+    if models:
+        args.models = tuple(m for m in args.models.split(",") if m)
+        unknown = sorted(set(args.models) - set(models))
+        if unknown or not args.models:
+            parser.error(f"--models {','.join(unknown) or '(empty)'} is not accepted; accepted: {', '.join(models)}")
+    configure_runtime()
     return args
+
+
+JOBS_HELP = "training processes at a time (default 1; each uses one thread, so up to the core count)"
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1. Received: {text!r}")
+    return value
+
+
+def parallel(function, tasks, jobs):
+    """Calls `function(task)` for every task, in order, in `jobs` fresh
+    processes (spawned: each configures its own runtime), or in this process
+    when jobs is 1. A task's exception is raised here."""
+    if jobs == 1:
+        return [function(task) for task in tasks]
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        return list(pool.imap(function, tasks, chunksize=1))
+
+
+def _run_task(task):
+    configure_runtime()
+    return run(*task)
+
+
+def run_many(tasks, jobs=1):
+    """`run(spec, cache_dir, jit_compile=jit)` for every (spec, cache_dir, jit)
+    task, in `jobs` processes; the summaries, in order."""
+    return parallel(_run_task, [(spec, cache, (), print, jit) for spec, cache, jit in tasks], jobs)
 
 
 def claim_dir(out, name):
     path = os.path.join(out, name)
     os.makedirs(os.path.join(path, "runs"), exist_ok=True)
     return path
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_models(path, measured, order, **fields):
+    """Writes {**fields, "models": ...} to the results file `path`, keeping the
+    models of an existing file that `measured` does not replace (so that
+    processes can run one model each); models in the order of `order`."""
+    models = {}
+    if os.path.exists(path):
+        models = read_json(path).get("models", {})
+    models.update(measured)
+    results = dict(fields, models={m: models[m] for m in order if m in models})
+    write_json(path, results)
+    return results
 
 
 def write_json(path, value):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import common, gradient_variance, trust_ratios
+from experiments import batch_scaling, common, gradient_variance, reproduce, trust_ratios
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +33,74 @@ def test_run_ids_differ_in_every_field():
     for change in (dict(seed=1), dict(eta=0.01), dict(warmup_epochs=1.0), dict(weight_decay=0.0), dict(nesterov=True)):
         ids.add(common.RunSpec(**{**base.__dict__, **change}).run_id())
     assert len(ids) == 6
+
+
+def test_mlp3_nobn_is_mlp3_without_batchnorm():
+    """The two regimes differ only in BatchNorm: the same Dense widths, ReLU,
+    and biases on where mlp3's BatchNorm supplies the shift."""
+    with_bn, without = common.build_model("mlp3"), common.build_model("mlp3_nobn")
+    dense = lambda m: [(l.units, l.use_bias) for l in m.layers if isinstance(l, keras.layers.Dense)]  # noqa: E731
+    assert [u for u, _ in dense(with_bn)] == [u for u, _ in dense(without)] == [512, 256, 128, 10]
+    assert [b for _, b in dense(without)] == [True] * 4
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in without.layers)
+    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in with_bn.layers) == 3
+    x = np.ones((2, 28, 28, 1), "float32")
+    assert without(x).shape == (2, 10)
+
+
+def _scripted(scores):
+    """A train(c, seed) that returns the summary a run with top-1
+    scores[c][seed] would have (None: diverged), recording each call."""
+    calls = []
+
+    def train(c, seed):
+        calls.append((c, seed))
+        top1 = scores[c][seed]
+        return dict(final_test_top1=top1, diverged=top1 is None)
+
+    return train, calls
+
+
+def test_tune_picks_the_best_seed_mean_and_seeds_its_neighbours():
+    # Seed 0 alone would pick c=2 (a lucky 0.9); the seed means pick c=4.
+    scores = {1: [0.5, 0.5, 0.5], 2: [0.9, 0.6, 0.6], 4: [0.8, 0.8, 0.8], 8: [0.7, 0.7, 0.7], 16: [None] * 3}
+    train, calls = _scripted(scores)
+    grid, seeded, best = batch_scaling.tune([1, 2, 4, 8, 16], (0, 1, 2), False, 3, train)
+    assert best == 4 and grid == [1, 2, 4, 8, 16]
+    assert seeded == {1, 2, 4, 8}  # neighbours of seed 0's best (2), then of the mean's best (4)
+    assert (16, 1) not in calls and (16, 0) in calls
+    # Every point gets every seed at a large batch; a diverged run counts as chance.
+    grid, seeded, best = batch_scaling.tune([1, 2, 4, 8, 16], (0, 1, 2), True, 3, _scripted(scores)[0])
+    assert seeded == set(grid) and best == 4
+
+
+def test_tune_extends_past_either_edge_until_the_best_is_interior():
+    below = {0.125: 0.85, 0.25: 0.9, 0.5: 0.88, 1: 0.87, 2: 0.86}  # the best lies 4x below the grid
+    grid, seeded, best = batch_scaling.tune([1, 2], (0, 1), True, 8, _scripted({c: [v, v] for c, v in below.items()})[0])
+    assert grid == [0.125, 0.25, 0.5, 1, 2] and best == 0.25
+    rising = {1: [0.5] * 2, 2: [0.6] * 2, 4: [0.7] * 2, 8: [0.8] * 2, 16: [None, 0.9]}  # diverged = chance
+    grid, _, best = batch_scaling.tune([1, 2], (0, 1), True, 8, _scripted(rising)[0])
+    assert grid == [1, 2, 4, 8, 16] and best == 8
+    grid, _, best = batch_scaling.tune([1, 2], (0, 1), True, 1, _scripted(rising)[0])
+    assert grid == [1, 2, 4] and best == 4  # the safety cap
+
+
+def test_good_lr_range_is_the_contiguous_interval_around_the_best():
+    points = [dict(learning_rate=lr, mean=m, best=lr == 4) for lr, m in
+              ((1, 0.80), (2, 0.89), (4, 0.90), (8, 0.885), (16, 0.87), (32, 0.89))]
+    assert batch_scaling.good_lr_range(points) == dict(tolerance=0.02, low=2, high=8, ratio=4.0)
+
+
+def test_reproduce_reports_every_differing_number():
+    committed = dict(final_test_top1=0.5, best_test_top1=0.6, diverged=False,
+                     epochs=[dict(epoch=1, train_loss=1.0, train_top1=0.4, test_top1=0.6),
+                             dict(epoch=2, train_loss=0.9, train_top1=0.5, test_top1=0.5)])
+    same = json.loads(json.dumps(committed))
+    assert reproduce.differences(committed, same) == []
+    same["epochs"][1]["train_loss"] = 0.9000001
+    same["final_test_top1"] = 0.51
+    assert reproduce.differences(committed, same) == [("final_test_top1", 0.5, 0.51),
+                                                      ("epoch 2 train_loss", 0.9, 0.9000001)]
 
 
 def test_sgd_baseline_is_momentum_sgd_with_coupled_weight_decay():
@@ -98,11 +166,11 @@ def _trained_files(out):
 
 @pytest.mark.slow
 def test_quick_suite_end_to_end_and_cached(tmp_path):
-    """`python -m experiments --quick`: every claim writes results.json and its
-    PNGs; a second invocation trains nothing (the run files are untouched)
-    and only redraws the plots."""
+    """`python -m experiments --quick --jobs 2`: every claim writes
+    results.json and its PNGs; a second invocation trains nothing (the run
+    files are untouched) and only redraws the plots."""
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "experiments", "--quick", "--out", str(out)]
+    cmd = [sys.executable, "-m", "experiments", "--quick", "--out", str(out), "--jobs", "2"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -119,10 +187,17 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
         for png in pngs:
             assert (out / claim / png).read_bytes()[:4] == b"\x89PNG"
     scaling = json.loads((out / "batch_scaling" / "results.json").read_text())
-    for method in common.METHODS:
-        for entry in scaling["methods"][method].values():
-            assert 0 <= entry["best_test_top1"] <= 1
-            assert entry["best_c"] in [p["c"] for p in entry["points"]]
+    assert list(scaling["models"]) == list(batch_scaling.MODELS)
+    for model in scaling["models"].values():
+        for method in common.METHODS:
+            for batch, entry in model["methods"][method].items():
+                best = [p for p in entry["points"] if p["best"]]
+                assert len(best) == 1 and best[0]["c"] == entry["best_c"]
+                assert best[0]["seeds"] == [0, 1] and 0 <= entry["best_test_top1"] <= 1
+                if int(batch) >= model["all_seeds_from_batch"]:
+                    assert all(p["seeds"] == [0, 1] for p in entry["points"])
+    for claim in ("warmup", "longer_training"):
+        assert list(json.loads((out / claim / "results.json").read_text())["models"]) == list(batch_scaling.MODELS)
     variance = json.loads((out / "gradient_variance" / "results.json").read_text())
     for entry in variance["models"].values():
         assert len(entry["records"]) >= 2 and all(m >= 1 for r in entry["records"] for m in r["gradient_variance_factor"])
@@ -137,3 +212,35 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
     assert _trained_files(out) == trained
     assert "top-1" not in second.stdout  # no run trained
     assert (out / "warmup" / "top1_per_epoch.png").exists()
+
+
+RESULTS = os.path.join(ROOT, "docs", "results")
+# Two committed base-grid runs (every grid point runs with seed 0): LARS, and
+# CLARS with its per-example norm taps, at B = 16384 (30 steps each).
+REPRODUCED = [os.path.join(RESULTS, "batch_scaling", "runs", f"mlp3_nobn_{method}_b16384_lr6.4_e10_s0_{digest}.json")
+              for method, digest in (("lars", "LARS_DIGEST"), ("clars", "CLARS_DIGEST"))]
+
+
+def _recorded_environment_differs():
+    """Bit-identical runs are promised for the recorded TensorFlow and CPU."""
+    import importlib.metadata
+
+    recorded = json.loads(open(REPRODUCED[0]).read())["environment"]
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    return (recorded["cpu"], recorded["tensorflow"]) != (cpu, importlib.metadata.version("tensorflow"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_recorded_environment_differs(), reason="another CPU or TensorFlow than the committed runs'")
+def test_committed_runs_reproduce_exactly():
+    """`python -m experiments.reproduce` retrains two committed runs from
+    their specs in a fresh process: every per-epoch number equals the file's."""
+    for path in REPRODUCED:
+        spec = common.RunSpec(**json.loads(open(path).read())["spec"])
+        assert os.path.basename(path) == spec.run_id() + ".json"
+    result = subprocess.run([sys.executable, "-m", "experiments.reproduce", *REPRODUCED], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.count("reproduced exactly") == 2, result.stdout

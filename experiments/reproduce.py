@@ -1,0 +1,62 @@
+"""Retrains committed runs from their specs and compares their numbers
+exactly: test and train top-1 and train loss after every epoch, the final
+and best test top-1, divergence.
+
+    python -m experiments.reproduce RUN.json [RUN.json ...]
+
+Exit status 0 when every run reproduces, 1 when one does not (its differing
+numbers are printed). Runs are bit-identical only on the software versions
+and CPU the run file records under "environment" (numerical kernels differ
+between CPU instruction sets); a different environment is printed.
+"""
+
+import argparse
+import sys
+import tempfile
+
+from experiments import common
+
+NUMBERS = ("final_test_top1", "best_test_top1", "diverged")
+PER_EPOCH = ("epoch", "train_loss", "train_top1", "test_top1")
+
+
+def differences(committed, rerun):
+    """The (name, committed, rerun) triples in which two run summaries differ."""
+    found = [(key, committed.get(key), rerun.get(key)) for key in NUMBERS if committed.get(key) != rerun.get(key)]
+    if len(committed["epochs"]) != len(rerun["epochs"]):
+        found.append(("epochs", len(committed["epochs"]), len(rerun["epochs"])))
+    for a, b in zip(committed["epochs"], rerun["epochs"]):
+        found += [(f"epoch {a['epoch']} {key}", a.get(key), b.get(key)) for key in PER_EPOCH if a.get(key) != b.get(key)]
+    return found
+
+
+def reproduce(path, log=print):
+    """Retrains the run of `path` in a temporary folder; returns the
+    differences (empty when it reproduced)."""
+    committed = common.read_json(path)
+    spec = common.RunSpec(**committed["spec"])
+    if spec.run_id() != committed["run_id"]:
+        raise ValueError(f"{path}: its spec gives run id {spec.run_id()!r}, not {committed['run_id']!r}")
+    here = common.environment()
+    recorded = committed.get("environment", {})
+    changed = {k: (v, here.get(k)) for k, v in recorded.items() if here.get(k) != v}
+    if changed:
+        log(f"{path}: environment differs from the recorded one: {changed}")
+    with tempfile.TemporaryDirectory() as cache:
+        rerun = common.run(spec, cache, log=lambda *_: None)
+    found = differences(committed, rerun)
+    log(f"{committed['run_id']}: " + ("reproduced exactly" if not found else f"{len(found)} differences: {found[:6]}"))
+    return found
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run files (docs/results/CLAIM/runs/*.json)")
+    args = parser.parse_args(argv)
+    common.configure_runtime()
+    failed = [path for path in args.runs if reproduce(path)]
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
