@@ -204,6 +204,11 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
     ratios = json.loads((out / "trust_ratios" / "results.json").read_text())
     low, high = ratios["models"]["resnet8"]["kernel_ratio_range_iteration_1"]
     assert 0 < low < high
+    tables = subprocess.run([sys.executable, "-m", "experiments.tables", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert tables.returncode == 0, tables.stderr[-3000:]
+    for heading in ("## batch_scaling", "## warmup", "## longer_training", "| LARS | ", "| CLARS, no warmup"):
+        assert heading in tables.stdout
     trained = _trained_files(out)
     for png in (out / "warmup").glob("*.png"):
         png.unlink()
@@ -218,7 +223,7 @@ RESULTS = os.path.join(ROOT, "docs", "results")
 # Two committed base-grid runs (every grid point runs with seed 0): LARS, and
 # CLARS with its per-example norm taps, at B = 16384 (30 steps each).
 REPRODUCED = [os.path.join(RESULTS, "batch_scaling", "runs", f"mlp3_nobn_{method}_b16384_lr6.4_e10_s0_{digest}.json")
-              for method, digest in (("lars", "LARS_DIGEST"), ("clars", "CLARS_DIGEST"))]
+              for method, digest in (("lars", "322e7af5"), ("clars", "4ef66be6"))]
 
 
 def _recorded_environment_differs():

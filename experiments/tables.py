@@ -1,0 +1,109 @@
+"""The README's result tables, in Markdown, from the committed results.json
+files (so that no number is copied by hand):
+
+    python -m experiments.tables [--out docs/results]
+"""
+
+import argparse
+import os
+
+from experiments import batch_scaling, common
+
+NAMES = {"sgd": "SGD + momentum", "lars": "LARS", "clars": "CLARS"}
+EPOCHS_SHOWN = (1, 2, 3, 5)  # and the last
+
+
+def _k(batch):
+    batch = int(batch)
+    return f"{batch // 1024}K" if batch >= 1024 else str(batch)
+
+
+def _cell(mean, low, high, diverged=0, runs=3):
+    text = f"{mean:.3f} ({low:.3f}-{high:.3f})"
+    return text + (f", {diverged}/{runs} diverged" if diverged else "")
+
+
+def _row(cells):
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def batch_scaling_tables(results):
+    lines = []
+    for model, result in results["models"].items():
+        batches = result["batches"]
+        lines += [f"{batch_scaling.TITLES.get(model, model)}: best mean top-1 after {result['epochs']} epochs "
+                  "(min-max over seeds), best c in gamma = c B/256, interval of good LRs (largest/smallest LR "
+                  f"within {batch_scaling.GOOD_LR_TOLERANCE} of the best)", "",
+                  _row(["global batch"] + [_k(b) for b in batches]), _row(["---"] * (len(batches) + 1))]
+        for method, per_batch in result["methods"].items():
+            cells = []
+            for b in batches:
+                e = per_batch[str(b)]
+                best = next(p for p in e["points"] if p["best"])
+                cells.append(_cell(e["best_test_top1"], *e["best_range"], sum(best["diverged"]), len(best["diverged"])))
+            lines.append(_row([NAMES[method]] + cells))
+        for method, per_batch in result["methods"].items():
+            lines.append(_row([f"{NAMES[method]}: best c"] + [f"{per_batch[str(b)]['best_c']:g}" for b in batches]))
+        for method, per_batch in result["methods"].items():
+            lines.append(_row([f"{NAMES[method]}: good LRs"] +
+                              [f"{per_batch[str(b)]['good_lr_range']['ratio']:g}x" for b in batches]))
+        for method, per_batch in result["methods"].items():
+            diverged = [sum(sum(p["diverged"]) for p in per_batch[str(b)]["points"]) for b in batches]
+            total = [sum(len(p["diverged"]) for p in per_batch[str(b)]["points"]) for b in batches]
+            lines.append(_row([f"{NAMES[method]}: diverged runs"] + [f"{d}/{t}" for d, t in zip(diverged, total)]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def warmup_tables(results):
+    lines = []
+    for model, result in results["models"].items():
+        last = result["epochs"]
+        shown = [e for e in EPOCHS_SHOWN if e < last] + [last]
+        for batch, entry in result["batches"].items():
+            lines += [f"{batch_scaling.TITLES.get(model, model)}, B = {_k(batch)}: test top-1, mean of the seeds "
+                      "(a diverged seed counts as 0.1 from then on)", "",
+                      _row(["run (gamma)"] + [f"epoch {e}" for e in shown[:-1]] + [f"epoch {last} (range)"]),
+                      _row(["---"] * (len(shown) + 1))]
+            for run in entry["runs"].values():
+                curves = [[batch_scaling.CHANCE if v is None else v for v in c] for c in run["test_top1_per_epoch"]]
+                means = [sum(c[e - 1] for c in curves) / len(curves) for e in shown]
+                finals = [c[-1] for c in curves]
+                last = _cell(means[-1], min(finals), max(finals), sum(run["diverged"]), len(run["diverged"]))
+                lines.append(_row([f"{run['label']} ({run['learning_rate']:g})"] + [f"{m:.3f}" for m in means[:-1]] + [last]))
+            lines.append("")
+    return "\n".join(lines)
+
+
+def longer_training_tables(results):
+    lines = []
+    for model, result in results["models"].items():
+        budgets = result["budgets"]
+        small = next(iter(result["methods"].values()))["small_batch"]
+        lines += [f"{batch_scaling.TITLES.get(model, model)}, B = {_k(result['batch_size'])}: final test top-1, "
+                  "mean (min-max) over seeds", "",
+                  _row(["method"] + [f"{e} epochs" for e in budgets] + [f"B = {small['batch_size']}, {small['epochs']} epochs"]),
+                  _row(["---"] * (len(budgets) + 2))]
+        for method, entry in result["methods"].items():
+            cells = [entry["budgets"][str(e)] for e in budgets]
+            lines.append(_row([NAMES[method]] + [_cell(c["mean"], c["min"], c["max"], sum(c["diverged"]), len(c["diverged"]))
+                                                 for c in cells] + [f"{entry['small_batch']['best_test_top1']:.3f}"]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+TABLES = {"batch_scaling": batch_scaling_tables, "warmup": warmup_tables, "longer_training": longer_training_tables}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/results")
+    args = parser.parse_args(argv)
+    for name, table in TABLES.items():
+        path = os.path.join(args.out, name, "results.json")
+        if os.path.exists(path):
+            print(f"## {name}\n\n{table(common.read_json(path))}")
+
+
+if __name__ == "__main__":
+    main()
