@@ -69,8 +69,8 @@ def warmup_tables(results):
                 curves = [[batch_scaling.CHANCE if v is None else v for v in c] for c in run["test_top1_per_epoch"]]
                 means = [sum(c[e - 1] for c in curves) / len(curves) for e in shown]
                 finals = [c[-1] for c in curves]
-                last = _cell(means[-1], min(finals), max(finals), sum(run["diverged"]), len(run["diverged"]))
-                lines.append(_row([f"{run['label']} ({run['learning_rate']:g})"] + [f"{m:.3f}" for m in means[:-1]] + [last]))
+                final = _cell(means[-1], min(finals), max(finals), sum(run["diverged"]), len(run["diverged"]))
+                lines.append(_row([f"{run['label']} ({run['learning_rate']:g})"] + [f"{m:.3f}" for m in means[:-1]] + [final]))
             lines.append("")
     return "\n".join(lines)
 
@@ -101,8 +101,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     for name, table in TABLES.items():
         path = os.path.join(args.out, name, "results.json")
-        if os.path.exists(path):
-            print(f"## {name}\n\n{table(common.read_json(path))}")
+        results = common.read_json(path) if os.path.exists(path) else {}
+        if "models" in results:
+            print(f"## {name}\n\n{table(results)}")
+        else:
+            print(f"## {name}\n\n(no results in this layout: rerun python -m experiments.{name})\n")
 
 
 if __name__ == "__main__":
