@@ -74,15 +74,23 @@ def test_tune_picks_the_best_seed_mean_and_seeds_its_neighbours():
     assert seeded == set(grid) and best == 4
 
 
-def test_tune_extends_past_either_edge_until_the_best_is_interior():
-    below = {0.125: 0.85, 0.25: 0.9, 0.5: 0.88, 1: 0.87, 2: 0.86}  # the best lies 4x below the grid
+def test_tune_extends_past_either_edge_until_the_best_has_two_points_each_side():
+    below = {0.0625: 0.8, 0.125: 0.85, 0.25: 0.9, 0.5: 0.88, 1: 0.87, 2: 0.86}  # the best lies 4x below the grid
     grid, seeded, best = batch_scaling.tune([1, 2], (0, 1), True, 8, _scripted({c: [v, v] for c, v in below.items()})[0])
-    assert grid == [0.125, 0.25, 0.5, 1, 2] and best == 0.25
-    rising = {1: [0.5] * 2, 2: [0.6] * 2, 4: [0.7] * 2, 8: [0.8] * 2, 16: [None, 0.9]}  # diverged = chance
-    grid, _, best = batch_scaling.tune([1, 2], (0, 1), True, 8, _scripted(rising)[0])
-    assert grid == [1, 2, 4, 8, 16] and best == 8
+    assert grid == [0.0625, 0.125, 0.25, 0.5, 1, 2] and best == 0.25
+    rising = {1: [0.5] * 2, 2: [0.6] * 2, 4: [0.7] * 2, 8: [0.8] * 2, 16: [None, 0.9], 32: [None] * 2}
+    grid, _, best = batch_scaling.tune([1, 2], (0, 1), True, 8, _scripted(rising)[0])  # diverged = chance
+    assert grid == [1, 2, 4, 8, 16, 32] and best == 8
     grid, _, best = batch_scaling.tune([1, 2], (0, 1), True, 1, _scripted(rising)[0])
     assert grid == [1, 2, 4] and best == 4  # the safety cap
+    # A dip next to a local best: one point beyond it is not enough (mlp3, LARS, 16K).
+    dip = {0.00625: 0.6, 0.0125: 0.68, 0.025: 0.7, 0.05: 0.65, 0.1: 0.529, 0.2: 0.588, 0.4: 0.577, 0.8: 0.36,
+           1.6: 0.34}
+    dip = {c: [v] for c, v in dip.items()}
+    grid, _, best = batch_scaling.tune([0.1, 0.2, 0.4, 0.8, 1.6], (0,), True, 8, _scripted(dip)[0])
+    assert grid == [0.00625, 0.0125, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6] and best == 0.025
+    grid, _, best = batch_scaling.tune([0.1, 0.2, 0.4, 0.8, 1.6], (0,), True, 8, _scripted(dip)[0], margin=1)
+    assert grid == [0.1, 0.2, 0.4, 0.8, 1.6] and best == 0.2  # the old rule stopped here
 
 
 def test_good_lr_range_is_the_contiguous_interval_around_the_best():
