@@ -6,6 +6,8 @@ Inside a step that is already compiled (fit(jit_compile=True), or any step on
 JAX) the nested compiled function is inlined.
 """
 
+import re
+
 import keras
 
 
@@ -61,9 +63,14 @@ def _in_xla_context():
 
 
 def dense_gradient(gradient):
-    """Densifies a TensorFlow `IndexedSlices` gradient (from `Embedding`),
-    summing rows of repeated indices: the trust ratio needs the norm of the
-    whole summed gradient, not of its unsummed rows."""
+    """Densifies a sparse gradient (TensorFlow's `IndexedSlices` from
+    `Embedding`, a JAX `BCOO`), summing rows of repeated indices: the trust
+    ratio needs the norm of the whole summed gradient, not of its unsummed
+    rows."""
+    if keras.backend.backend() == "jax":
+        from jax.experimental import sparse
+
+        return gradient.todense() if isinstance(gradient, sparse.JAXSparse) else gradient
     if keras.backend.backend() != "tensorflow":
         return gradient
     import tensorflow as tf
@@ -71,6 +78,13 @@ def dense_gradient(gradient):
     if isinstance(gradient, tf.IndexedSlices):
         return tf.convert_to_tensor(gradient)
     return gradient
+
+
+def variable_path(variable):
+    """`variable.path` ("dense/kernel"); for a raw `tf.Variable` in a Keras
+    model, which has no path, its name without the ":0" suffix."""
+    path = getattr(variable, "path", None)
+    return path if path is not None else re.sub(r":\d+$", "", variable.name)
 
 
 def colocated_with(variable):
@@ -83,7 +97,8 @@ def colocated_with(variable):
         return contextlib.nullcontext()
     import tensorflow as tf
 
-    return tf.distribute.get_strategy().extended.colocate_vars_with(variable.value)
+    value = variable.value if isinstance(variable, keras.Variable) else variable  # a raw tf.Variable is its own value
+    return tf.distribute.get_strategy().extended.colocate_vars_with(value)
 
 
 def tap_identity(z, probe, residuals, emit):
@@ -195,7 +210,7 @@ def value_and_gradients(model, loss_fn, variables, extra_shapes):
 
     trainable = model.trainable_variables
     positions = {id(v): i for i, v in enumerate(trainable)}
-    missing = [v.path for v in variables if id(v) not in positions]
+    missing = [variable_path(v) for v in variables if id(v) not in positions]
     if missing:
         raise ValueError(f"Variables {missing} are not trainable variables of model {model.name!r}.")
 

@@ -86,7 +86,7 @@ class CLARS(LARS):
         Algorithm 1.
     """
 
-    def __init__(self, learning_rate=0.1, eta=0.01, name="CLARS", **kwargs):
+    def __init__(self, learning_rate=0.1, eta=0.01, name=None, **kwargs):
         if "trust_ratio_denominator" in kwargs:
             raise ValueError(
                 "CLARS's trust ratio denominator is fixed by Eq. 5 (mean per-example norm + "
@@ -158,7 +158,7 @@ class CLARS(LARS):
             for j, target in enumerate(_probes.targets(probe)):
                 rows[id(target)] = grad[j]
         needed = [v for g, v in rest if g is not None and self._adapts[self._get_variable_index(v)]]
-        missing = [v.path for v in needed if id(v) not in rows]
+        missing = [_backend.variable_path(v) for v in needed if id(v) not in rows]
         if missing:
             shown = ", ".join(repr(p) for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise ValueError(

@@ -11,6 +11,8 @@ import warnings
 
 import keras
 
+from keras_lars._backend import variable_path
+
 __all__ = ["ExclusionRules", "is_rank_at_most_1"]
 
 
@@ -74,7 +76,7 @@ class ExclusionRules:
     @staticmethod
     def _rule_matches(rule, variable):
         if isinstance(rule, str):
-            return re.search(rule, variable.path) is not None
+            return re.search(rule, variable_path(variable)) is not None
         if isinstance(rule, keras.Variable):
             return rule is variable
         return bool(rule(variable))
@@ -90,7 +92,7 @@ class ExclusionRules:
         for rule in self.rules:
             hits = [self._rule_matches(rule, v) for v in variables]
             if not any(hits) and isinstance(rule, (str, keras.Variable)):
-                shown = rule if isinstance(rule, str) else rule.path
+                shown = rule if isinstance(rule, str) else variable_path(rule)
                 warnings.warn(
                     f"`{self.argument}` rule {shown!r} matches none of the "
                     f"{len(variables)} trainable variables the optimizer was "
@@ -118,7 +120,7 @@ class ExclusionRules:
             if isinstance(rule, str):
                 config.append(rule)
             elif isinstance(rule, keras.Variable):
-                config.append("^" + re.escape(rule.path) + "$")
+                config.append("^" + re.escape(variable_path(rule)) + "$")
             else:
                 config.append(keras.saving.serialize_keras_object(rule))
         return config

@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_lars._validation import check_number
 from keras_lars._probes import is_probe
-from keras_lars._backend import colocated_with, dense_gradient, fast_norm, maybe_jit
+from keras_lars._backend import colocated_with, dense_gradient, fast_norm, maybe_jit, variable_path
 from keras_lars.exclusions import ExclusionRules
 
 TRUST_RATIO_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
@@ -226,7 +226,7 @@ class LARS(keras.optimizers.Optimizer):
         ema_overwrite_frequency=None,
         loss_scale_factor=None,
         gradient_accumulation_steps=None,
-        name="LARS",
+        name=None,
         **kwargs,
     ):
         learning_rate = _check_learning_rate(learning_rate)
@@ -354,7 +354,7 @@ class LARS(keras.optimizers.Optimizer):
                 shape=(len(self.statistic_names()),),
                 initializer="zeros",
                 dtype="float32",
-                name=f"{variable.path.replace('/', '_')}_layer_statistics",
+                name=f"{variable_path(variable).replace('/', '_')}_layer_statistics",
             )
 
     def statistic_names(self):

@@ -20,6 +20,8 @@ import re
 import keras
 import numpy as np
 
+from keras_lars._backend import variable_path
+
 CSV_NAME = "layer_statistics.csv"
 # Statistics spanning orders of magnitude: TensorBoard histograms of log10.
 _HISTOGRAMS = ("weight_norm", "gradient_norm", "trust_ratio", "local_learning_rate", "update_ratio",
@@ -97,7 +99,7 @@ def read(optimizer, step=None):
     variables = [v for v, _ in kept]
     return LayerStatistics(
         step=int(keras.ops.convert_to_numpy(inner.iterations)) if step is None else int(step),
-        variables=[v.path for v in variables],
+        variables=[variable_path(v) for v in variables],
         adapted=np.array(inner.adapts(variables), bool),
         values={name: table[:, j] for j, name in enumerate(inner.statistic_names())},
     )

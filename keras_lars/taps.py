@@ -83,6 +83,7 @@ class LayerRule:
 
     forward: object
     squared_norms: object
+    check: object = None  # check(layer): raises ValueError at attach time for a layer it cannot tap
 
 
 # Layer class -> LayerRule. Filled below and by `register_layer`.
@@ -229,12 +230,132 @@ def _channels_last(x, data_format):
     return ops.transpose(x, (0,) + tuple(range(2, rank)) + (1,))
 
 
+def _separable_forward(layer, tap, inputs):
+    # Keras's ops.separable_conv is this depthwise then pointwise pair; the
+    # tap keeps the depthwise output for the pointwise kernel's norms.
+    depthwise = ops.depthwise_conv(
+        inputs,
+        layer.depthwise_kernel,
+        strides=layer.strides,
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
+    x = ops.conv(depthwise, layer.pointwise_kernel, strides=1, padding="valid", data_format=layer.data_format)
+    return _bias_and_activation(layer, tap(x, (inputs, depthwise)))
+
+
+def _separable_squared_norms(layer, residuals, d, method):
+    inputs, depthwise = (_channels_last(t, layer.data_format) for t in residuals)
+    d = _channels_last(d, layer.data_format)
+    pointwise, bias = dense_squared_norms(depthwise, d, method)
+    # dL/d(depthwise output) through the 1x1 pointwise convolution.
+    d_depthwise = ops.matmul(ops.cast(d, "float32"),
+                             ops.transpose(ops.cast(ops.reshape(layer.pointwise_kernel, (-1, layer.filters)), "float32")))
+    depthwise_kernel, _ = conv_squared_norms(
+        inputs, d_depthwise, layer.kernel_size, layer.strides, layer.dilation_rate, layer.padding,
+        inputs.shape[-1], method,
+    )
+    return (depthwise_kernel, pointwise, bias) if layer.bias is not None else (depthwise_kernel, pointwise)
+
+
+def _transpose_forward(layer, tap, inputs):
+    x = ops.conv_transpose(
+        inputs,
+        layer.kernel,
+        strides=list(layer.strides),
+        padding=layer.padding,
+        output_padding=layer.output_padding,
+        dilation_rate=layer.dilation_rate,
+        data_format=layer.data_format,
+    )
+    return _bias_and_activation(layer, tap(x, inputs))
+
+
+def _transpose_squared_norms(layer, inputs, d, method):
+    # y = conv_K^T(x) is the adjoint of the convolution z = conv_K(y) whose
+    # kernel (kernel_size + (filters, C_in)) is the layer's: <conv_K^T(x), d>
+    # = <x, conv_K(d)>, so dL/dK is that convolution's kernel gradient with
+    # input d and output gradient x.
+    inputs, d = _channels_last(inputs, layer.data_format), _channels_last(d, layer.data_format)
+    kernel, _ = conv_squared_norms(d, inputs, layer.kernel_size, layer.strides, layer.dilation_rate, layer.padding,
+                                   1, method)
+    if layer.bias is None:
+        return (kernel,)
+    bias = ops.sum(ops.square(ops.sum(ops.cast(d, "float32"), axis=tuple(range(1, len(d.shape) - 1)))), axis=-1)
+    return kernel, bias
+
+
+def _embedding_forward(layer, tap, inputs):
+    if inputs.dtype != "int32" and inputs.dtype != "int64":
+        inputs = ops.cast(inputs, "int32")
+    outputs = tap(ops.take(layer.embeddings, inputs, axis=0), inputs)
+    return ops.cast(outputs, dtype=layer.compute_dtype)
+
+
+def _embedding_squared_norms(layer, ids, d, method):
+    # Example i's gradient adds d_p to row ids_p for every position p, so
+    # ||g_i||^2 = sum_{p,q} [ids_p == ids_q] <d_p, d_q> (ghost norm).
+    positions = math.prod(ids.shape[1:])
+    ids = ops.reshape(ids, (-1, positions))
+    d = ops.reshape(ops.cast(d, "float32"), (-1, positions, d.shape[-1]))
+    same = ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), "float32")
+    return (ops.sum(same * ops.einsum("btk,bsk->bts", d, d), axis=(1, 2)),)
+
+
+def _einsum_specs(layer):
+    inputs, rest = layer.equation.split(",")
+    kernel, outputs = rest.split("->")
+    return inputs, kernel, outputs
+
+
+def _einsum_dense_check(layer):
+    inputs_spec, kernel_spec, outputs_spec = _einsum_specs(layer)
+    if "." in layer.equation or inputs_spec[0] != outputs_spec[0] or inputs_spec[0] in kernel_spec:
+        raise ValueError(
+            f"Per-example norms of EinsumDense {layer.name!r} need an equation whose first input axis is "
+            f"the batch, first in the output and not in the kernel, without '...'; got {layer.equation!r}. "
+            "Exclude its variables from layer adaptation or pass unsupported_layers='vectorized'."
+        )
+
+
+def _einsum_dense_forward(layer, tap, inputs, training=None):
+    x = tap(ops.einsum(layer.equation, inputs, layer.kernel), inputs)
+    if layer.bias is not None:
+        x = ops.add(x, layer.bias)
+    return layer.activation(x) if layer.activation is not None else x
+
+
+def _einsum_dense_squared_norms(layer, inputs, d, method):
+    inputs_spec, kernel_spec, outputs_spec = _einsum_specs(layer)
+    d = ops.cast(d, "float32")
+    # The kernel gradient with the batch axis kept: B times the kernel's size.
+    per_example = ops.einsum(f"{outputs_spec},{inputs_spec}->{inputs_spec[0]}{kernel_spec}", d,
+                             ops.cast(inputs, "float32"))
+    kernel = ops.sum(ops.square(per_example), axis=tuple(range(1, len(per_example.shape))))
+    if layer.bias is None:
+        return (kernel,)
+    # The bias broadcasts over the output's leading axes and its own 1s.
+    bias_shape = tuple(layer.bias.shape)
+    lead = len(d.shape) - len(bias_shape)
+    axes = tuple(range(1, lead)) + tuple(lead + j for j, n in enumerate(bias_shape) if n == 1 and d.shape[lead + j] != 1)
+    summed = ops.sum(d, axis=axes) if axes else d
+    return kernel, ops.sum(ops.square(summed), axis=tuple(range(1, len(summed.shape))))
+
+
 for _cls in (keras.layers.Dense,):
     register_layer(_cls, _dense_forward, _dense_squared_norms)
 for _cls in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
     register_layer(_cls, _conv_forward, _conv_squared_norms)
 for _cls in (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D):
     register_layer(_cls, _depthwise_forward, _depthwise_squared_norms)
+for _cls in (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D):
+    register_layer(_cls, _separable_forward, _separable_squared_norms)
+for _cls in (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose):
+    register_layer(_cls, _transpose_forward, _transpose_squared_norms)
+register_layer(keras.layers.Embedding, _embedding_forward, _embedding_squared_norms)
+LAYER_RULES[keras.layers.EinsumDense] = LayerRule(_einsum_dense_forward, _einsum_dense_squared_norms,
+                                                 _einsum_dense_check)
 
 
 class _Probes(keras.layers.Layer):
@@ -316,13 +437,15 @@ class PerExampleNorms:
             `per_example_squared_norms`, the number of examples.
     """
 
-    def __init__(self, model, variables, method, sub_batch_size, unsupported_layers, width=3, reuse=None,
-                 probe_variables=True):
+    def __init__(self, model, variables, method, sub_batch_size, unsupported_layers, per_example_width=None,
+                 reuse=None, probe_variables=True):
         self.model = model
         self.variables = list(variables)
         self.method = method
         self.sub_batch_size = sub_batch_size
-        self.width = width
+        # The mode is explicit: a width of 3 examples must not read as the sums.
+        self.per_example = per_example_width is not None
+        self.width = per_example_width if self.per_example else 3
         owners = _owners(model)
         by_layer, unsupported = {}, []
         for variable in self.variables:
@@ -333,6 +456,8 @@ class PerExampleNorms:
             if rule is None:
                 unsupported.append((variable, layer))
                 continue
+            if rule.check is not None:
+                rule.check(layer)
             by_layer.setdefault(id(layer), (layer, rule, []))[2].append(variable)
         if unsupported:
             raise ValueError(_unsupported_message(unsupported))
@@ -357,8 +482,8 @@ class PerExampleNorms:
                 probe = reuse.get(id(layer))
                 if not probe_variables:
                     probe = None
-                elif probe is None or _probes.targets(probe) != tuple(tracked) or probe.shape[1] != width:
-                    probe = self._holder.add_probe(tracked, width, f"{layer.name}_per_example_norms")
+                elif probe is None or _probes.targets(probe) != tuple(tracked) or probe.shape[1] != self.width:
+                    probe = self._holder.add_probe(tracked, self.width, f"{layer.name}_per_example_norms")
                 else:
                     self._holder._track_variable(probe)
                 self.taps.append(_LayerTap(layer, rule, tracked, self, probe))
@@ -416,7 +541,7 @@ class PerExampleNorms:
         `[sum_i ||c_i||, sum_i ||c_i||^2, n]` scaled from the sub-batch to
         the batch, or (width n) the squared norms themselves."""
         squared = ops.cast(squared, "float32")
-        if self.width != 3:
+        if self.per_example:
             return squared
         count = ops.cast(ops.shape(squared)[0], "float32")
         sums = ops.stack([ops.sum(ops.sqrt(squared)), ops.sum(squared), count])
@@ -431,11 +556,18 @@ def _forget_compiled_functions(model):
 
 
 def _unsupported_message(unsupported):
-    lines = "\n".join(
-        f"  {v.path!r} of layer {l.name!r} ({type(l).__name__})" if l is not None
-        else f"  {v.path!r}, owned by no layer of the model"
-        for v, l in unsupported
-    )
+    # One line per layer class (a model may have hundreds of such variables).
+    groups = {}
+    for v, l in unsupported:
+        groups.setdefault(None if l is None else type(l).__name__, []).append((v, l))
+    lines = []
+    for kind, members in groups.items():
+        layers = {id(l) for _, l in members}
+        variable, layer = members[0]
+        example = repr(_backend.variable_path(variable)) + ("" if layer is None else f" of layer {layer.name!r}")
+        where = "owned by no layer of the model" if kind is None else f"in {len(layers)} {kind} layer(s)"
+        lines.append(f"  {len(members)} variable(s) {where}, e.g. {example}")
+    lines = "\n".join(lines)
     return (
         "Per-example gradient norms are implemented for "
         f"{', '.join(supported_layers())} (without LoRA, quantization or an overridden "
@@ -595,10 +727,10 @@ def attach_per_example_norms(model, variables=None, *, method="auto", sub_batch_
     return _attach(model, variables, method, sub_batch_size, unsupported_layers, check_optimizer=True)
 
 
-def _attach(model, variables, method, sub_batch_size, unsupported_layers, width=3, check_optimizer=False):
+def _attach(model, variables, method, sub_batch_size, unsupported_layers, check_optimizer=False):
     previous = attached(model)
     reuse = {id(tap.layer): tap.probe for tap in previous.taps} if previous is not None else None
-    attachment = PerExampleNorms(model, variables, method, sub_batch_size, unsupported_layers, width, reuse)
+    attachment = PerExampleNorms(model, variables, method, sub_batch_size, unsupported_layers, reuse=reuse)
     optimizer = _inner_optimizer(model)
     if check_optimizer and optimizer is not None and optimizer.built:
         # E.g. a model restored by `keras.models.load_model`: CLARS appends
@@ -645,7 +777,7 @@ def per_example_gradient_norms(model, x, y, loss, variables=None, *, sample_weig
     Raises:
         As `attach_per_example_norms`.
     """
-    rows, gradients, loss_value = _one_pass(model, x, y, loss, variables, sample_weight, training, options, 3)
+    rows, gradients, loss_value = _one_pass(model, x, y, loss, variables, sample_weight, training, options, None)
     return [row[0] for row in rows], gradients, loss_value
 
 
@@ -674,9 +806,10 @@ def per_example_squared_norms(model, x, y, loss, variables=None, *, sample_weigh
     return [row * float(batch) ** 2 for row in rows], gradients, loss_value
 
 
-def _one_pass(model, x, y, loss, variables, sample_weight, training, options, width):
+def _one_pass(model, x, y, loss, variables, sample_weight, training, options, per_example_width):
     """One forward and backward pass with a temporary attachment whose probes
-    have `width` columns; returns (each variable's probe row, the gradients,
+    hold the sums (`per_example_width` None) or that many per-example
+    squared norms; returns (each variable's probe row, the gradients,
     the loss). A previous attachment is restored afterwards."""
     method = options.get("method", "auto")
     sub_batch_size = options.get("sub_batch_size")
@@ -695,7 +828,7 @@ def _one_pass(model, x, y, loss, variables, sample_weight, training, options, wi
     if previous is not None:
         previous.detach(forget_compiled=False)
     attachment = PerExampleNorms(
-        model, variables, method, sub_batch_size, unsupported_layers, width, probe_variables=False
+        model, variables, method, sub_batch_size, unsupported_layers, per_example_width, probe_variables=False
     )
     attachment.install(forget_compiled=False)
     try:
@@ -704,7 +837,7 @@ def _one_pass(model, x, y, loss, variables, sample_weight, training, options, wi
             attachment.probe_values = probe_values
             return loss(y, model(x, training=training), sample_weight=sample_weight)
 
-        shapes = [(len(tap.variables), width) for tap in attachment.taps]
+        shapes = [(len(tap.variables), attachment.width) for tap in attachment.taps]
         loss_value, gradients, probe_grads = _backend.value_and_gradients(model, loss_fn, variables, shapes)
     finally:
         attachment.detach(forget_compiled=False)

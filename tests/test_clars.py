@@ -220,7 +220,7 @@ def test_defaults_config_and_save_load(tmp_path):
     optimizer = keras_lars.CLARS()
     assert optimizer.eta == 0.01 and optimizer.momentum == 0.9 and optimizer.weight_decay == 0.0
     config = optimizer.get_config()
-    assert "trust_ratio_denominator" not in config and config["name"] == "CLARS"
+    assert "trust_ratio_denominator" not in config and config["name"].startswith("clars")
     assert keras_lars.CLARS.from_config(config).get_config() == config
     with pytest.raises(ValueError, match="fixed by Eq. 5"):
         keras_lars.CLARS(trust_ratio_denominator="norm_of_sum")

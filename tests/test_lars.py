@@ -430,3 +430,79 @@ def test_sparse_embedding_gradients_match_dense():
     dense = run(True, False)
     for jit_compile in (True, False):
         np.testing.assert_allclose(run(False, jit_compile), dense, rtol=1e-6)
+
+
+def test_default_names_are_unique_like_keras_optimizers():
+    """name=None as in Keras: unique snake-case names, so two optimizers'
+    variables never share a path."""
+    first, second, clars = LARS(), LARS(), keras_lars.CLARS()
+    assert first.name.startswith("lars") and clars.name.startswith("clars")
+    assert first.name != second.name
+    assert first.iterations.path != second.iterations.path
+    assert LARS(name="mine").name == "mine"
+
+
+@tensorflow_only
+@pytest.mark.parametrize("layer_statistics", [False, True])
+def test_raw_tf_variables_take_exclusions_and_statistics(layer_statistics):
+    """A raw tf.Variable (no `.path`) among Keras variables: regex rules
+    match its name, and layer statistics are kept for it."""
+    import tensorflow as tf
+
+    raw = tf.Variable(np.ones((3, 2), "float32"), name="raw_matrix")
+    kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    optimizer = LARS(1.0, weight_decay=0.1, exclude_from_weight_decay=["raw_matrix"], layer_statistics=layer_statistics)
+    grads = [np.full((3, 2), 0.5, "float32"), np.full((2, 2), 0.5, "float32")]
+    optimizer.apply(grads, [raw, kernel])
+    # Excluded from decay (and, following it, from adaptation): plain SGD, w -= lr * g.
+    np.testing.assert_allclose(raw.numpy(), 0.5, rtol=1e-6)
+    assert not np.allclose(kernel.numpy(), 0.5)
+    if layer_statistics:
+        stats = keras_lars.layer_statistics.read(optimizer)
+        assert stats.variables == ["raw_matrix", "kernel"]
+        np.testing.assert_allclose(stats.values["gradient_norm"][0], np.sqrt(6 * 0.25), rtol=1e-6)
+
+
+def _sparse_gradient(values, indices, shape):
+    """A sparse gradient of this backend: tf.IndexedSlices or a JAX BCOO."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.IndexedSlices(values, indices, shape)
+    import jax.experimental.sparse as jax_sparse
+
+    return jax_sparse.BCOO((values, tuple((i,) for i in indices)), shape=shape)
+
+
+@pytest.mark.parametrize("loss_scale", [False, True])
+def test_sparse_gradients_with_repeated_indices_match_dense(loss_scale):
+    """As Keras's optimizer_sparse_test (stateless on JAX, as there): row 2
+    appears twice, and the trust ratio needs the norm of the summed rows.
+    On JAX a BCOO once failed with "sparse rule for gt is not implemented"
+    (and under LossScaleOptimizer "bcoo_sum_duplicates: nse must be specified")."""
+
+    def make():
+        optimizer = LARS(1.0, weight_decay=1e-3, exclude_from_weight_decay=[])
+        return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scale else optimizer
+
+    results = []
+    for sparse in (True, False):
+        optimizer = make()
+        variable = keras.Variable(np.ones((5, 3, 2), "float32"))
+        values = [variable.value]
+        stateless = keras.backend.backend() == "jax"
+        if stateless:
+            optimizer.build([variable])
+        state = optimizer.variables
+        for i in range(4):
+            grad = _sparse_gradient(keras.ops.ones((4, 3, 2)) * (10.0 - i), (0, 2, 4, 2), (5, 3, 2))
+            if not sparse:
+                grad = keras.ops.convert_to_tensor(grad, sparse=False)
+            if stateless:
+                values, state = optimizer.stateless_apply(state, [grad], values)
+            else:
+                optimizer.apply([grad], [variable])
+                values = [variable.value]
+        results.append(np.asarray(keras.ops.convert_to_numpy(values[0])))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+    assert not np.allclose(results[0], 1.0)
