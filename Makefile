@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test bench data
+.PHONY: train test test-heavy bench data
 
 # The demo job: ResNet-8 on Fashion-MNIST at batch 2048, all 10 epochs (the
 # trainer's defaults are MLPerf's ResNet-50 on ImageNet).
@@ -30,8 +30,12 @@ train: $(VENV)/.installed data
 JAX_TESTS := tests/test_lars.py tests/test_clars.py tests/test_per_example_norms.py
 
 test: $(VENV)/.installed data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not heavy" tests
 	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
+
+# CLARS on every keras.applications family (about 14 minutes on TensorFlow).
+test-heavy: $(VENV)/.installed
+	$(PY) -m pytest -q -m heavy tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/optimizer_apply.py
