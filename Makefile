@@ -27,7 +27,7 @@ train: $(VENV)/.installed data
 
 # TensorFlow (the default backend), then the optimizer and per-example norm
 # tests again on Keras's JAX backend.
-JAX_TESTS := tests/test_lars.py tests/test_clars.py tests/test_per_example_norms.py
+JAX_TESTS := tests/test_lars.py tests/test_clars.py tests/test_per_example_norms.py tests/test_keras_contract.py
 
 test: $(VENV)/.installed data
 	$(PY) -m pytest -q -m "not heavy" tests
