@@ -1,7 +1,8 @@
 """Keras's own generic optimizer tests, run against LARS.
 
 The tests are Keras's (`keras/src/optimizers/optimizer_test.py` and
-`optimizer_sparse_test.py`, shipped in the installed package), unmodified:
+`optimizer_sparse_test.py`, `loss_scale_optimizer_test.py`,
+`multi_optimizer_test.py`, shipped in the installed package), unmodified:
 they check what every Keras optimizer must do (iterations, clipping, EMA,
 gradient accumulation, callable learning rates and schedules, constraints,
 loss scaling, overwrite-with-gradient, checkpointing, naming, sparse
@@ -19,7 +20,7 @@ class, not the patched name) and tests whose numbers are Adam's.
 import keras
 import pytest
 from keras.src import optimizers
-from keras.src.optimizers import optimizer_sparse_test, optimizer_test
+from keras.src.optimizers import loss_scale_optimizer_test, multi_optimizer_test, optimizer_sparse_test, optimizer_test
 
 import keras_lars
 
@@ -88,6 +89,14 @@ class TestKerasSparseGradients(_sparse_tests_with_lars()):
     pass
 
 
+class TestKerasLossScaleOptimizer(loss_scale_optimizer_test.LossScaleOptimizerTest):
+    pass
+
+
+class TestKerasMultiOptimizer(multi_optimizer_test.MultiOptimizerTest):
+    pass
+
+
 @pytest.fixture(autouse=True)
 def lars_in_place_of_keras_optimizers(monkeypatch, request):
     name = request.node.name
@@ -98,3 +107,4 @@ def lars_in_place_of_keras_optimizers(monkeypatch, request):
         pytest.skip("a Keras optimizer other than SGD")
     monkeypatch.setattr(optimizers, "SGD", SGD)
     monkeypatch.setattr(optimizers, "Adam", Adam)
+    monkeypatch.setattr(loss_scale_optimizer_test, "SGD", SGD)
