@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test test-heavy bench data
+.PHONY: train test test-heavy bench accelerator-wheels data
 
 # The demo job: ResNet-8 on Fashion-MNIST at batch 2048, all 10 epochs (the
 # trainer's defaults are MLPerf's ResNet-50 on ImageNet).
@@ -41,3 +41,12 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/optimizer_apply.py
 	$(PY) benchmarks/clars_step.py
 	$(PY) benchmarks/steps_per_loop.py
+
+# Keras and its pure dependencies as wheels for a GPU machine that has JAX
+# (and NumPy, ml_dtypes) but no internet: see benchmarks/README.md.
+ACCELERATOR_WHEELS := keras==$(shell $(PY) -c "import keras; print(keras.__version__)" 2>/dev/null || echo 3.15.1) \
+  absl-py h5py namex optree packaging rich markdown-it-py mdurl pygments typing-extensions
+accelerator-wheels: $(VENV)/.installed
+	for v in 3.11 3.12 3.13; do $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $$v \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d benchmarks/wheels $(ACCELERATOR_WHEELS) || exit 1; done
+	@du -sh benchmarks/wheels
