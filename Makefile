@@ -29,13 +29,17 @@ train: $(VENV)/.installed data
 # tests again on Keras's JAX backend.
 JAX_TESTS := tests/test_lars.py tests/test_clars.py tests/test_per_example_norms.py tests/test_keras_contract.py
 
+# Two pytest workers (pytest-xdist), one test file per worker at a time:
+# the tests are mostly single-threaded, and a file's tests share fixtures.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: $(VENV)/.installed data
-	$(PY) -m pytest -q -m "not heavy" tests
-	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
+	$(PYTEST) -m "not heavy" tests
+	KERAS_BACKEND=jax $(PYTEST) $(JAX_TESTS)
 
 # CLARS on every keras.applications family (about 14 minutes on TensorFlow).
 test-heavy: $(VENV)/.installed
-	$(PY) -m pytest -q -m heavy tests
+	$(PYTEST) -m heavy tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/optimizer_apply.py
