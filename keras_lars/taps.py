@@ -182,15 +182,19 @@ def _conv_forward(layer, tap, inputs):
     return _bias_and_activation(layer, tap(x, inputs))
 
 
-def _depthwise_forward(layer, tap, inputs):
-    x = ops.depthwise_conv(
+def _depthwise_conv(layer, inputs, kernel):
+    return ops.depthwise_conv(
         inputs,
-        layer.kernel,
+        kernel,
         strides=layer.strides,
         padding=layer.padding,
         dilation_rate=layer.dilation_rate,
         data_format=layer.data_format,
     )
+
+
+def _depthwise_forward(layer, tap, inputs):
+    x = _depthwise_conv(layer, inputs, layer.kernel)
     return _bias_and_activation(layer, tap(x, inputs))
 
 
@@ -233,14 +237,7 @@ def _channels_last(x, data_format):
 def _separable_forward(layer, tap, inputs):
     # Keras's ops.separable_conv is this depthwise then pointwise pair; the
     # tap keeps the depthwise output for the pointwise kernel's norms.
-    depthwise = ops.depthwise_conv(
-        inputs,
-        layer.depthwise_kernel,
-        strides=layer.strides,
-        padding=layer.padding,
-        dilation_rate=layer.dilation_rate,
-        data_format=layer.data_format,
-    )
+    depthwise = _depthwise_conv(layer, inputs, layer.depthwise_kernel)
     x = ops.conv(depthwise, layer.pointwise_kernel, strides=1, padding="valid", data_format=layer.data_format)
     return _bias_and_activation(layer, tap(x, (inputs, depthwise)))
 
