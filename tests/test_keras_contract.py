@@ -12,9 +12,11 @@ adaptation (trust ratio 1), which is exactly Keras's momentum SGD, so
 Keras's expected numbers are kept, not weakened. The trust ratio itself is
 tested against the NumPy Algorithm 1 in test_lars.py.
 
-Deselected, each for a stated reason (`DESELECTED`): tests of Keras's
-registry of its own optimizers (`optimizers.get("sgd")` returns Keras's
-class, not the patched name) and tests whose numbers are Adam's.
+Deselected at collection, each for a stated reason (`DESELECTED`,
+`deselection_reason`): tests of Keras's registry of its own optimizers
+(`optimizers.get("sgd")` returns Keras's class, not the patched name), a
+test of Adam's variables, "sparse updates stay sparse", and the sparse cases
+of Keras's other optimizers.
 """
 
 import keras
@@ -81,6 +83,18 @@ DESELECTED = {
 KEPT_SPARSE_CASES = ("sgd", "sgd_momentum", "sgd_momentum_nesterov", "loss_scale_optimizer_sgd")
 
 
+def deselection_reason(name):
+    """Why Keras's test `name` does not run here, or None (tests/conftest.py
+    deselects at collection)."""
+    for prefix, reason in DESELECTED.items():
+        if name.startswith(prefix):
+            return reason
+    case = name.removeprefix("test_sparse_correctness_")
+    if case != name and case not in KEPT_SPARSE_CASES:
+        return "a Keras optimizer other than SGD"
+    return None
+
+
 class TestKerasOptimizerContract(optimizer_test.OptimizerTest):
     pass
 
@@ -98,13 +112,7 @@ class TestKerasMultiOptimizer(multi_optimizer_test.MultiOptimizerTest):
 
 
 @pytest.fixture(autouse=True)
-def lars_in_place_of_keras_optimizers(monkeypatch, request):
-    name = request.node.name
-    for prefix, reason in DESELECTED.items():
-        if name.startswith(prefix):
-            pytest.skip(f"deselected: {reason}")
-    if name.startswith("test_sparse_correctness_") and name[len("test_sparse_correctness_"):] not in KEPT_SPARSE_CASES:
-        pytest.skip("a Keras optimizer other than SGD")
+def lars_in_place_of_keras_optimizers(monkeypatch):
     monkeypatch.setattr(optimizers, "SGD", SGD)
     monkeypatch.setattr(optimizers, "Adam", Adam)
     monkeypatch.setattr(loss_scale_optimizer_test, "SGD", SGD)
