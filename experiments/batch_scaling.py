@@ -105,10 +105,10 @@ def tune(grid, seeds, all_seeds, max_extensions, train, margin=MARGIN):
     """The tuning rule of this module's docstring, for one (model, method,
     batch). `train(c, seed)` returns a run summary (cached). Returns (grid
     actually run, sorted; set of points run with every seed; best c)."""
-    grid = sorted(grid)
+    grid, seeded = sorted(grid), set()  # seeded: kept across extensions, so that every run is reported
     for extension in range(max_extensions + 1):
         first = {c: top1(train(c, seeds[0])) for c in grid}
-        seeded = set(grid) if all_seeds else _neighbours(grid, max(grid, key=lambda c: (first[c], -c)))
+        seeded |= set(grid) if all_seeds else _neighbours(grid, max(grid, key=lambda c: (first[c], -c)))
         while True:
             means = {c: float(np.mean([top1(train(c, seed)) for seed in seeds])) for c in seeded}
             best = max(sorted(seeded), key=lambda c: means[c])  # ties: the smaller LR

@@ -93,6 +93,16 @@ def test_tune_extends_past_either_edge_until_the_best_has_two_points_each_side()
     assert grid == [0.1, 0.2, 0.4, 0.8, 1.6] and best == 0.2  # the old rule stopped here
 
 
+def test_tune_reports_the_seeds_of_every_extension():
+    """Points seeded before an extension stay seeded: every trained run is
+    reported (8 was a neighbour of the first best, 4)."""
+    scores = {1: [0.5] * 3, 2: [0.85] * 3, 4: [0.8] * 3, 8: [0.7] * 3}
+    train, calls = _scripted(scores)
+    grid, seeded, best = batch_scaling.tune([4, 8], (0, 1, 2), False, 8, train, margin=1)
+    assert grid == [1, 2, 4, 8] and best == 2
+    assert seeded == {1, 2, 4, 8} and (8, 2) in calls
+
+
 def test_good_lr_range_is_the_contiguous_interval_around_the_best():
     points = [dict(learning_rate=lr, mean=m, best=lr == 4) for lr, m in
               ((1, 0.80), (2, 0.89), (4, 0.90), (8, 0.885), (16, 0.87), (32, 0.89))]
