@@ -19,7 +19,8 @@ it). The rule, the same for every method and model:
 
 - every grid point runs with seed 0; at B >= 4096 every grid point also runs
   with seeds 1 and 2, below that the best seed-0 point and both its
-  neighbours do (and the neighbours of whichever point is then best);
+  neighbours do (and the neighbours of whichever point is then best; points
+  seeded before an extension stay seeded, so every trained run is reported);
 - a point's score is the mean final test top-1 over the seeds it ran, a
   diverged run counting as chance (0.1); the best point is the best seed
   mean among the points with 3 seeds (there is no separate validation split,
