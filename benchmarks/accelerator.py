@@ -66,7 +66,7 @@ TINY = dict(model="resnet8", input_shape=(32, 32, 3), classes=10, batch=8, round
 NUMERICS_TOLERANCE = 1e-5  # relative, float32 on the device against float64
 
 
-def _optimizer(name, batch):
+def _optimizer(name):
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=0.1, momentum=0.9)
     if name == "lars":
@@ -77,7 +77,7 @@ def _optimizer(name, batch):
 def _model(name, batch, s):
     keras.utils.set_random_seed(0)
     model = build_model(s["model"], s["classes"], s["input_shape"])
-    optimizer = _optimizer(name, batch)
+    optimizer = _optimizer(name)
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if name.startswith("clars"):
         keras_lars.attach_per_example_norms(model, sub_batch_size=batch // 4 if name == "clars_sub" else None)
@@ -92,7 +92,7 @@ def _step_function(model):
 
     def loss_fn(trainable, non_trainable, x, y):
         logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
-        return loss_object(y, ops_float32(logits)), non_trainable
+        return loss_object(y, keras.ops.cast(logits, "float32")), non_trainable
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -103,10 +103,6 @@ def _step_function(model):
         return (trainable, non_trainable, optimizer_variables), loss
 
     return jax.jit(step, donate_argnums=0)
-
-
-def ops_float32(x):
-    return keras.ops.cast(x, "float32")
 
 
 def _state(model):
@@ -149,7 +145,6 @@ def speed(s, batch, rounds, steps):
         jax.block_until_ready(loss)
         contenders[name] = dict(model=model, fn=compiled, state=state, times=[], loss=float(loss),
                                 compile_seconds=time.perf_counter() - started, planned_bytes=_planned_bytes(compiled))
-        del model
     for _ in range(rounds):
         for name, c in contenders.items():
             started = time.perf_counter()
