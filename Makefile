@@ -47,8 +47,9 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/steps_per_loop.py
 
 # Keras and its pure dependencies as wheels for a GPU machine that has JAX
-# (and NumPy, ml_dtypes) but no internet: see benchmarks/README.md.
-ACCELERATOR_WHEELS := keras==$(shell $(PY) -c "import keras; print(keras.__version__)" 2>/dev/null || echo 3.15.1) \
+# (and NumPy, ml_dtypes) but no internet: see benchmarks/README.md. Expanded
+# only here (`=`): it imports Keras to read its version.
+ACCELERATOR_WHEELS = keras==$(shell $(PY) -c "import keras; print(keras.__version__)" 2>/dev/null || echo 3.15.1) \
   absl-py h5py namex optree packaging rich markdown-it-py mdurl pygments typing-extensions
 accelerator-wheels: $(VENV)/.installed
 	for v in 3.11 3.12 3.13; do $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $$v \
