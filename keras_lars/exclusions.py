@@ -109,6 +109,11 @@ class ExclusionRules:
         self.is_default = False
         self.rules.extend(self._check(rule) for rule in rules)
 
+    def holds(self, rule):
+        """Whether `rule` is one of these rules (an equal regex, or the same
+        variable or predicate)."""
+        return any(rule is held or (isinstance(rule, str) and rule == held) for held in self.rules)
+
     def get_config(self):
         """JSON-able form. Variables become exact-path regexes; predicates go
         through `keras.saving.serialize_keras_object` (register them with

@@ -287,14 +287,19 @@ class LARS(keras.optimizers.Optimizer):
         `exclude_from_layer_adaptation` was not given, adaptation follows.
 
         Raises:
-            ValueError: if the optimizer is already built.
+            ValueError: if the optimizer is already built and the call adds
+                a rule it does not hold yet (a repeated call, as each replica
+                of a `tf.distribute` step makes, is accepted).
         """
+        rules = list(var_list or []) + list(var_names or [])
         if self.built:
+            if all(self._decay_rules.holds(rule) for rule in rules):
+                return
             raise ValueError(
                 "`exclude_from_weight_decay()` must be called before the "
                 "optimizer is built (before the first step)."
             )
-        self._decay_rules.add(list(var_list or []) + list(var_names or []))
+        self._decay_rules.add(rules)
 
     def build(self, variables):
         if self.built:
