@@ -13,7 +13,7 @@ from mlperf_logging.mllog import constants as mlperf
 
 import keras_lars
 from keras_lars.train import distribution
-from keras_lars.train.checkpoints import Checkpoints
+from keras_lars.train.checkpoints import Checkpoints, check_restart, write_run_config
 from keras_lars.train.controller import Controller, write_json
 from keras_lars.train.errors import TrainerError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline
@@ -95,9 +95,13 @@ def run(config):
     Raises:
         UsageError: flags that do not fit the data or machine (an unknown
             dataset, a batch larger than the train split, an unwritable
-            output directory, a batch that does not split over the replicas).
+            output directory, a batch that does not split over the replicas),
+            or a restart whose flags differ from the run's saved ones
+            (`checkpoints.RESTART_FLAGS` may change).
         distribution.DistributionError: the strategy cannot run here.
         DataError: a corrupted prepared dataset (the message names the file).
+        CheckpointError: no checkpoint in the output directory can be read
+            (a damaged latest one falls back to the previous kept one).
         DivergenceError: a non-finite loss or non-finite weights; the MLPerf
             log ends with run_stop status "aborted" and `summary.json` says
             why. No checkpoint with a non-finite value is written.
@@ -176,6 +180,7 @@ def _check_writable(output_dir):
 
 
 def _build(config, strategy, chief, log):
+    check_restart(config.output_dir, dataclasses.asdict(config))
     distribution.check_batch(config.global_batch_size, config.gradient_accumulation_steps, strategy)
     policy = distribution.resolve_dtype(config.dtype, strategy)
     distribution.set_precision(policy)
@@ -207,6 +212,8 @@ def _build(config, strategy, chief, log):
     resumed_from = checkpoints.restore_latest()
     if resumed_from:
         print(f"resuming from {resumed_from}")
+    if chief:
+        write_run_config(config.output_dir, dataclasses.asdict(config))
     log.hyperparameters(config, info.train_examples, info.eval_examples, steps_per_epoch,
                         schedule.warmup_steps, schedule.decay_steps)
     steps_per_loop = distribution.resolve_steps_per_loop(config.steps_per_loop, strategy)
