@@ -19,11 +19,12 @@ import tensorflow as tf
 from keras_lars.train.errors import CheckpointError, UsageError
 
 RUN_CONFIG = "run_config.json"
-# Flags that neither build the model or optimizer nor change what a step
-# computes or the state a checkpoint holds: a restart may change them.
-RESTART_FLAGS = ("epochs", "target_accuracy", "eval_every_epochs", "eval_offset_epochs", "steps_per_loop",
-                 "checkpoint_every_steps", "input_benchmark_steps", "distribution", "cpu_devices", "jit_compile",
-                 "deterministic", "data_dir", "manual_dir", "output_dir")
+# Flags that define the model, the optimizer or the layout of their state
+# (and of the run's progress in steps and epochs): a restart must keep them.
+# Every other flag may change, hyperparameters included (a diverged run is
+# resumed with a lower --lars-opt-base-learning-rate).
+RUN_FLAGS = ("dataset", "model", "optimizer", "image_size", "zero_init_residual", "global_batch_size",
+             "gradient_accumulation_steps", "steps_per_epoch", "dtype", "layer_statistics_every")
 # What reading a damaged checkpoint raises: DataLossError (flipped bytes),
 # NotFoundError (a missing shard), OpError (a bad index), IndexError (a
 # truncated data file).
@@ -35,27 +36,26 @@ def flag(name):
 
 
 def check_restart(output_dir, config):
-    """Stops a restart whose flags differ from the run's saved ones.
+    """Stops a restart that changes a flag of `RUN_FLAGS`.
 
     Args:
         output_dir: the run's output directory.
         config: dict of the resolved `TrainConfig` of this start.
 
     Raises:
-        UsageError: a flag outside `RESTART_FLAGS` differs from the value in
-            `<output_dir>/checkpoints/run_config.json` (written by the first
+        UsageError: a flag of `RUN_FLAGS` differs from its value in
+            `<output_dir>/checkpoints/run_config.json` (written by the last
             start); the message names the directory and each flag, old and new.
     """
     saved = _read_run_config(output_dir)
     if saved is None or not tf.train.latest_checkpoint(os.path.join(output_dir, "checkpoints")):
         return
-    changed = [f"{flag(k)} {saved[k]!r} -> {config.get(k)!r}" for k in sorted(saved)
-               if k not in RESTART_FLAGS and saved[k] != config.get(k)]
+    changed = [f"{flag(k)} {saved.get(k)!r} -> {config.get(k)!r}" for k in RUN_FLAGS if saved.get(k) != config.get(k)]
     if changed:
         raise UsageError(
             f"--output-dir {output_dir} holds checkpoints of a run with other flags: {'; '.join(changed)}. "
-            f"Restart with that run's flags (only {', '.join(flag(k) for k in RESTART_FLAGS)} may change) "
-            "or pass a new --output-dir.")
+            f"Restart with that run's {', '.join(flag(k) for k in RUN_FLAGS)} (they define its model, optimizer "
+            "and state) or pass a new --output-dir.")
 
 
 def write_run_config(output_dir, config):
