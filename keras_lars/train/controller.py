@@ -17,7 +17,7 @@ import tensorflow as tf
 from mlperf_logging.mllog import constants as mlperf
 
 from keras_lars import layer_statistics
-from keras_lars.train import guard
+from keras_lars.train import guard, preemption
 
 
 def loop_lengths(start, end, steps_per_loop, *every):
@@ -64,6 +64,9 @@ class Controller:
             if job.chief and self.config.layer_statistics_every else None)
 
     def train(self):
+        """Raises `preemption.Preempted` after a SIGTERM or SIGINT (with a
+        checkpoint at the boundary where it was seen), `TrainerError`s."""
+        self._watch = preemption.PreemptionWatch(self.job.strategy, self._save_now)
         try:
             for epoch in range(int(self.job.progress["epochs_done"].numpy()) + 1, self.config.epochs + 1):
                 if self.target_reached:
@@ -75,7 +78,9 @@ class Controller:
                     self._stop_block()
                 self.job.progress["epochs_done"].assign(epoch)
                 self._checkpoint()
+                self._watch.boundary()
         finally:
+            self._watch.close()
             for writer in (self._writer, self._statistics):
                 if writer:
                     writer.close()
@@ -130,6 +135,7 @@ class Controller:
             if every and self.step % every == 0 and self.step % spe:
                 job.steps.sync_moving_statistics()
                 self._checkpoint()
+            self._watch.boundary()
         self.epoch_losses[epoch] = float(np.mean(losses))
         self.epoch_lrs[epoch] = lr
         job.steps.sync_moving_statistics()
@@ -175,6 +181,12 @@ class Controller:
         self._check_finite()
         self.job.progress["steps_done"].assign(self.step)
         self.job.checkpoints.save(self.step)
+
+    def _save_now(self):
+        """A checkpoint at the current step, for a preemption: (step, path)."""
+        self.job.steps.sync_moving_statistics()
+        self._checkpoint()
+        return self.step, self.job.checkpoints.latest()
 
     def _check_finite(self):
         if not self._finite.check():

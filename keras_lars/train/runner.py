@@ -18,6 +18,7 @@ from keras_lars.train.controller import Controller, write_json
 from keras_lars.train.errors import TrainerError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline
 from keras_lars.train.mlperf_log import MLPerfLog
+from keras_lars.train.preemption import Preempted
 from keras_lars.train.models import build_model
 from keras_lars.train.steps import Steps
 
@@ -102,6 +103,9 @@ def run(config):
         DataError: a corrupted prepared dataset (the message names the file).
         CheckpointError: no checkpoint in the output directory can be read
             (a damaged latest one falls back to the previous kept one).
+        Preempted: a SIGTERM or SIGINT stopped the run after a checkpoint
+            (`summary.json` status "preempted", MLPerf `run_stop` aborted with
+            `preempted_at_step`); the same call resumes.
         DivergenceError: a non-finite loss or non-finite weights; the MLPerf
             log ends with run_stop status "aborted" and `summary.json` says
             why. No checkpoint with a non-finite value is written.
@@ -133,7 +137,8 @@ def run(config):
         except TrainerError as e:
             error, results = e, controller.results()
         success = results["target_reached"] or (config.target_accuracy is None and results["completed"])
-        log.end(mlperf.RUN_STOP, status=mlperf.SUCCESS if success and not error else mlperf.ABORTED)
+        preempted = {"preempted_at_step": error.step} if isinstance(error, Preempted) else {}
+        log.end(mlperf.RUN_STOP, status=mlperf.SUCCESS if success and not error else mlperf.ABORTED, **preempted)
     finally:
         log.close()
         keras.mixed_precision.set_dtype_policy(previous_policy)
@@ -141,6 +146,7 @@ def run(config):
         **results,
         "status": _status(results, error),
         "stop_reason": str(error) if error else None,
+        "preemption": error.record if isinstance(error, Preempted) else None,
         "input_images_per_second": input_rate,
         "wall_seconds": time.perf_counter() - wall_start,
         **setup,
@@ -160,6 +166,8 @@ def run(config):
 
 
 def _status(results, error):
+    if isinstance(error, Preempted):
+        return "preempted"
     if error:
         return type(error).__name__
     if results["target_reached"]:
