@@ -44,7 +44,7 @@ def check_restart(output_dir, config):
 
     Raises:
         UsageError: a flag of `RUN_FLAGS` differs from its value in
-            `<output_dir>/checkpoints/run_config.json` (written by the last
+            `<output_dir>/checkpoints/run_config.json` (written by the first
             start); the message names the directory and each flag, old and new.
     """
     saved = _read_run_config(output_dir)
@@ -59,10 +59,13 @@ def check_restart(output_dir, config):
 
 
 def write_run_config(output_dir, config):
-    """Saves this start's flags (a dict) as the run's, for `check_restart`."""
+    """Saves the first start's flags (a dict) as the run's, for
+    `check_restart`; later starts leave the file as it is."""
     directory = os.path.join(output_dir, "checkpoints")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, RUN_CONFIG)
+    if os.path.exists(path):
+        return
     with open(path + ".tmp", "w") as f:
         json.dump(config, f, indent=2)
     os.replace(path + ".tmp", path)

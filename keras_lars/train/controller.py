@@ -20,6 +20,25 @@ from keras_lars import layer_statistics
 from keras_lars.train import guard, preemption
 
 
+# The parts of the controller's wall time: timed device loops, the process's
+# first loop (tracing and XLA compilation), making each epoch's and eval's
+# input iterator and dropping the finished one, evals, checkpoint saves (and
+# their finiteness checks), and the per-loop logging (TensorBoard, progress,
+# layer statistics, BatchNorm statistics sync).
+WALL_PARTS = ("steps", "first_loop", "input_iterators", "evals", "checkpoints", "logging")
+
+
+class _Timer:
+    def __init__(self, seconds, part):
+        self._seconds, self._part = seconds, part
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self._seconds[self._part] += time.perf_counter() - self._start
+
+
 def loop_lengths(start, end, steps_per_loop, *every):
     """Sizes of the device loops that run optimizer steps start+1 .. end.
 
@@ -54,6 +73,8 @@ class Controller:
         self.target_reached = self._reached(float(job.progress["best_top1"].numpy()))
         self.epoch_losses, self.epoch_lrs = {}, {}
         self.timed_seconds, self.timed_steps, self._loops_run = 0.0, 0, 0
+        # Wall time by part (seconds), for `results()["wall_time"]`.
+        self.seconds = dict.fromkeys(WALL_PARTS, 0.0)
         self._block_first = None
         self._finite = guard.FiniteCheck(job.model.weights + _state_variables(job.model.optimizer))
         self._writer = (tf.summary.create_file_writer(os.path.join(self.config.output_dir, "tensorboard"))
@@ -105,6 +126,7 @@ class Controller:
             "train_images_per_second": (self.timed_steps * self.config.global_batch_size / self.timed_seconds
                                         if self.timed_steps else None),
             "train_seconds_timed": self.timed_seconds,
+            "wall_time": {**self.seconds, "steps": self.timed_seconds},
             "weights_sha256": weights_fingerprint(self.job.model),
         }
 
@@ -117,8 +139,9 @@ class Controller:
         if done == spe:
             return
         k = self.config.gradient_accumulation_steps
-        iterator = iter(job.strategy.distribute_datasets_from_function(
-            job.pipeline.train_dataset_fn(epoch - 1, skip_micro_steps=done * k)))
+        with self._timer("input_iterators"):
+            iterator = iter(job.strategy.distribute_datasets_from_function(
+                job.pipeline.train_dataset_fn(epoch - 1, skip_micro_steps=done * k)))
         progbar = keras.utils.Progbar(spe, verbose=(2 if os.environ.get("CI") else 1) if job.chief else 0,
                                       stateful_metrics=["learning_rate"])
         if job.chief:
@@ -128,17 +151,22 @@ class Controller:
                                    self.config.checkpoint_every_steps, self.config.layer_statistics_every):
             loop_losses = self._run_loop(iterator, length)
             losses.extend(loop_losses)
-            lr = self._log_loop(loop_losses)
-            self._log_layer_statistics()
-            progbar.update(self.step - epoch_start, [("loss", float(np.mean(loop_losses))), ("learning_rate", lr)])
+            with self._timer("logging"):
+                lr = self._log_loop(loop_losses)
+                self._log_layer_statistics()
+                progbar.update(self.step - epoch_start, [("loss", float(np.mean(loop_losses))), ("learning_rate", lr)])
             every = self.config.checkpoint_every_steps
             if every and self.step % every == 0 and self.step % spe:
-                job.steps.sync_moving_statistics()
+                with self._timer("logging"):
+                    job.steps.sync_moving_statistics()
                 self._checkpoint()
             self._watch.boundary()
         self.epoch_losses[epoch] = float(np.mean(losses))
         self.epoch_lrs[epoch] = lr
-        job.steps.sync_moving_statistics()
+        with self._timer("logging"):
+            job.steps.sync_moving_statistics()
+        with self._timer("input_iterators"):
+            del iterator
 
     def _run_loop(self, iterator, length):
         """One device loop of `length` steps; the divergence guard on its losses."""
@@ -148,6 +176,8 @@ class Controller:
         if self._loops_run:  # the process's first loop traces and compiles
             self.timed_seconds += time.perf_counter() - start
             self.timed_steps += len(losses)
+        else:
+            self.seconds["first_loop"] += time.perf_counter() - start
         self._loops_run += 1
         bad = guard.first_non_finite(losses)
         if bad is not None:
@@ -178,9 +208,10 @@ class Controller:
     def _checkpoint(self):
         """Saves unless a weight or optimizer value is non-finite (then the
         run stops: the previous checkpoint stays the latest)."""
-        self._check_finite()
-        self.job.progress["steps_done"].assign(self.step)
-        self.job.checkpoints.save(self.step)
+        with self._timer("checkpoints"):
+            self._check_finite()
+            self.job.progress["steps_done"].assign(self.step)
+            self.job.checkpoints.save(self.step)
 
     def _save_now(self):
         """A checkpoint at the current step, for a preemption: (step, path)."""
@@ -192,8 +223,15 @@ class Controller:
         if not self._finite.check():
             raise guard.weights_diverged(self.config, self.step, self.job.checkpoints.latest())
 
+    def _timer(self, part):
+        return _Timer(self.seconds, part)
+
     def _evaluate(self, epoch):
         """Top-1 and mean loss over the whole eval split, each example once."""
+        with self._timer("evals"):
+            self._evaluate_now(epoch)
+
+    def _evaluate_now(self, epoch):
         job = self.job
         self._check_finite()
         job.log.start(mlperf.EVAL_START, epoch_num=epoch)
