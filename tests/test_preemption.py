@@ -5,7 +5,6 @@ Fashion-MNIST (one process, and two MultiWorkerMirroredStrategy workers on
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from ports import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ResNet-8, 4 steps an epoch of 2 accumulated micro-batches, an eval of the
@@ -156,19 +157,9 @@ def test_sigint_during_an_eval_saves_after_it_and_resumes_identically(fashion_mn
     assert _summary(out)["evals"] == _summary(whole)["evals"]
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_a_signal_to_one_worker_stops_all_at_one_step(fashion_mnist_dir, tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     out = tmp_path / "run"
     command = _command(fashion_mnist_dir, out, ["--distribution", "multi_worker_mirrored", "--steps-per-loop", "1",
                                                 "--epochs", "3"])

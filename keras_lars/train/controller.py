@@ -21,10 +21,10 @@ from keras_lars.train import guard, preemption
 
 
 # The parts of the controller's wall time: timed device loops, the process's
-# first loop (tracing and XLA compilation), making each epoch's and eval's
-# input iterator and dropping the finished one, evals, checkpoint saves (and
-# their finiteness checks), and the per-loop logging (TensorBoard, progress,
-# layer statistics, BatchNorm statistics sync).
+# first loop (tracing and XLA compilation), making the run's input iterator,
+# evals (their iterators included), checkpoint saves (and their finiteness
+# checks), and the per-loop logging (TensorBoard, progress, layer
+# statistics, BatchNorm statistics sync).
 WALL_PARTS = ("steps", "first_loop", "input_iterators", "evals", "checkpoints", "logging")
 
 
@@ -88,12 +88,14 @@ class Controller:
         """Raises `preemption.Preempted` after a SIGTERM or SIGINT (with a
         checkpoint at the boundary where it was seen), `TrainerError`s."""
         self._watch = preemption.PreemptionWatch(self.job.strategy, self._save_now)
+        first = int(self.job.progress["epochs_done"].numpy()) + 1
         try:
-            for epoch in range(int(self.job.progress["epochs_done"].numpy()) + 1, self.config.epochs + 1):
+            iterator = self._train_iterator(first)
+            for epoch in range(first, self.config.epochs + 1):
                 if self.target_reached:
                     break
                 self._start_block(epoch)
-                self._train_epoch(epoch)
+                self._train_epoch(epoch, iterator)
                 if self.config.eval_due(epoch):
                     self._evaluate(epoch)
                     self._stop_block()
@@ -101,6 +103,7 @@ class Controller:
                 self._checkpoint()
                 self._watch.boundary()
         finally:
+            iterator = None
             self._watch.close()
             for writer in (self._writer, self._statistics):
                 if writer:
@@ -132,16 +135,24 @@ class Controller:
 
     # The epoch: device loops between boundaries.
 
-    def _train_epoch(self, epoch):
+    def _train_iterator(self, first):
+        """One iterator over epochs `first` .. the last (see
+        `InputPipeline.train_dataset_fn`), after the steps already done."""
+        job, spe, k = self.job, self.job.steps_per_epoch, self.config.gradient_accumulation_steps
+        if first > self.config.epochs:  # a restart after the last epoch (say, preempted at its end)
+            return None
+        done = min(max(self.step - (first - 1) * spe, 0), spe)
+        with self._timer("input_iterators"):
+            return iter(job.strategy.distribute_datasets_from_function(job.pipeline.train_dataset_fn(
+                first - 1, skip_micro_steps=done * k, epochs=self.config.epochs - first + 1,
+                micro_steps_per_epoch=spe * k)))
+
+    def _train_epoch(self, epoch, iterator):
         job, spe = self.job, self.job.steps_per_epoch
         epoch_start = (epoch - 1) * spe
         done = min(max(self.step - epoch_start, 0), spe)
         if done == spe:
             return
-        k = self.config.gradient_accumulation_steps
-        with self._timer("input_iterators"):
-            iterator = iter(job.strategy.distribute_datasets_from_function(
-                job.pipeline.train_dataset_fn(epoch - 1, skip_micro_steps=done * k)))
         progbar = keras.utils.Progbar(spe, verbose=(2 if os.environ.get("CI") else 1) if job.chief else 0,
                                       stateful_metrics=["learning_rate"])
         if job.chief:
@@ -165,8 +176,6 @@ class Controller:
         self.epoch_lrs[epoch] = lr
         with self._timer("logging"):
             job.steps.sync_moving_statistics()
-        with self._timer("input_iterators"):
-            del iterator
 
     def _run_loop(self, iterator, length):
         """One device loop of `length` steps; the divergence guard on its losses."""
