@@ -103,7 +103,8 @@ class Controller:
                 self._checkpoint()
                 self._watch.boundary()
         finally:
-            iterator = None
+            with self._timer("input_iterators"):
+                iterator = None
             self._watch.close()
             for writer in (self._writer, self._statistics):
                 if writer:
