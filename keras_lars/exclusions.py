@@ -28,10 +28,12 @@ class ExclusionRules:
     Args:
         rules: `None` for the default rule (`is_rank_at_most_1`), or a rule or a
             list/tuple of rules, each one of:
+
             - a `str`: a regular expression searched (`re.search`) in
               `variable.path` (e.g. `"conv2d/kernel"`, `"bias$"`);
             - a `keras.Variable`: that variable itself;
             - a callable `predicate(variable) -> bool`.
+
             An empty list excludes nothing.
         argument: the constructor argument's name, used in error messages.
 

@@ -217,9 +217,8 @@ _HELP = {
 }
 
 
-def parse_args(argv=None, prog="keras-lars-train"):
-    """Parses command-line flags (--global-batch-size, ...) into a `TrainConfig`;
-    exits with status 2 and the reason on a bad value."""
+def build_parser(prog="keras-lars-train"):
+    """The trainer's `argparse.ArgumentParser`: one flag per `TrainConfig` field."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train ResNet-50 on ImageNet (or a small ResNet on a small dataset) with LARS, CLARS or SGD "
@@ -236,6 +235,13 @@ def parse_args(argv=None, prog="keras-lars-train"):
         value_type = float if field.type is float else field.type
         parser.add_argument(flag, type=value_type, default=field.default, choices=choices.get(field.name),
                             help=_HELP[field.name])
+    return parser
+
+
+def parse_args(argv=None, prog="keras-lars-train"):
+    """Parses command-line flags (--global-batch-size, ...) into a `TrainConfig`;
+    exits with status 2 and the reason on a bad value."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         return TrainConfig(**vars(args))
