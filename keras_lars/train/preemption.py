@@ -96,10 +96,11 @@ class PreemptionWatch:
         if self._handler is not None:
             self._handler.save_checkpoint_if_preempted()
         elif self._signal is not None:
-            self._saved = self._save()
+            self._save_for_handler()
             self._exit()
 
     def _save_for_handler(self):
+        """The save both mechanisms use; `_exit` reports its step and path."""
         self._saved = self._save()
 
     def _exit(self):
