@@ -76,7 +76,7 @@ def _fit(args):
                   jit_compile=False, steps_per_execution=args.steps_per_loop)
     times = _EpochTimes()
     model.fit(train, epochs=config.epochs, steps_per_epoch=steps, callbacks=[times], verbose=0)
-    model.evaluate(pipeline.eval_dataset_fn()(context), verbose=0)  # (images, labels, weights)
+    model.evaluate(pipeline.eval_dataset_fn()(context), steps=pipeline.eval_steps, verbose=0)  # repeats: one pass
     rate = steps * config.global_batch_size * (config.epochs - 1) / sum(times.seconds[1:])
     return rate, time.perf_counter() - start
 

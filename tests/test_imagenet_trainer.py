@@ -125,7 +125,9 @@ def test_eval_counts_every_image_once_over_replicas(tiny_imagenet, mirrored_stra
     assert pipeline.eval_steps == 2  # 12 images, micro-batch 8: 4 padded
     dataset = mirrored_strategy.distribute_datasets_from_function(pipeline.eval_dataset_fn())
     labels, weights = [], []
-    for _, label, weight in dataset:
+    iterator = iter(dataset)  # repeats: one eval is eval_steps steps
+    for _ in range(pipeline.eval_steps):
+        _, label, weight = next(iterator)
         for replica_label, replica_weight in zip(mirrored_strategy.experimental_local_results(label),
                                                  mirrored_strategy.experimental_local_results(weight)):
             labels += list(replica_label.numpy())

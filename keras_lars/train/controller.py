@@ -20,12 +20,14 @@ from keras_lars import layer_statistics
 from keras_lars.train import guard, preemption
 
 
-# The parts of the controller's wall time: timed device loops, the process's
-# first loop (tracing and XLA compilation), making the run's input iterator,
-# evals (their iterators included), checkpoint saves (and their finiteness
-# checks), and the per-loop logging (TensorBoard, progress, layer
-# statistics, BatchNorm statistics sync).
-WALL_PARTS = ("steps", "first_loop", "input_iterators", "evals", "checkpoints", "logging")
+# The parts of the controller's wall time: the timed device loops ("steps"),
+# the process's first loop split into its steps (at the later loops' rate)
+# and the rest (tracing and XLA compilation), making and releasing the input
+# iterators, evals, checkpoint saves (and their finiteness checks), and the
+# per-loop logging (TensorBoard, progress, layer statistics, BatchNorm
+# statistics sync).
+WALL_PARTS = ("steps", "first_loop_steps", "first_loop_compile", "input_iterators", "evals", "checkpoints",
+              "logging")
 
 
 class _Timer:
@@ -73,6 +75,8 @@ class Controller:
         self.target_reached = self._reached(float(job.progress["best_top1"].numpy()))
         self.epoch_losses, self.epoch_lrs = {}, {}
         self.timed_seconds, self.timed_steps, self._loops_run = 0.0, 0, 0
+        self._first_loop = (0, 0.0)  # (steps, seconds)
+        self._eval_iterator = None
         # Wall time by part (seconds), for `results()["wall_time"]`.
         self.seconds = dict.fromkeys(WALL_PARTS, 0.0)
         self._block_first = None
@@ -104,7 +108,7 @@ class Controller:
                 self._watch.boundary()
         finally:
             with self._timer("input_iterators"):
-                iterator = None
+                iterator = self._eval_iterator = None
             self._watch.close()
             for writer in (self._writer, self._statistics):
                 if writer:
@@ -130,9 +134,16 @@ class Controller:
             "train_images_per_second": (self.timed_steps * self.config.global_batch_size / self.timed_seconds
                                         if self.timed_steps else None),
             "train_seconds_timed": self.timed_seconds,
-            "wall_time": {**self.seconds, "steps": self.timed_seconds},
+            "wall_time": self._wall_time(),
             "weights_sha256": weights_fingerprint(self.job.model),
         }
+
+    def _wall_time(self):
+        steps, seconds = self._first_loop
+        rate = self.timed_seconds / self.timed_steps if self.timed_steps else seconds / max(steps, 1)
+        first_steps = min(steps * rate, seconds)
+        return {**self.seconds, "steps": self.timed_seconds, "first_loop_steps": first_steps,
+                "first_loop_compile": seconds - first_steps}
 
     # The epoch: device loops between boundaries.
 
@@ -187,7 +198,7 @@ class Controller:
             self.timed_seconds += time.perf_counter() - start
             self.timed_steps += len(losses)
         else:
-            self.seconds["first_loop"] += time.perf_counter() - start
+            self._first_loop = (len(losses), time.perf_counter() - start)
         self._loops_run += 1
         bad = guard.first_non_finite(losses)
         if bad is not None:
@@ -245,11 +256,14 @@ class Controller:
         job = self.job
         self._check_finite()
         job.log.start(mlperf.EVAL_START, epoch_num=epoch)
-        iterator = iter(job.strategy.distribute_datasets_from_function(job.pipeline.eval_dataset_fn()))
+        if self._eval_iterator is None:
+            # One iterator for every eval (the dataset repeats): a new one per
+            # eval took about a second to tear down.
+            self._eval_iterator = iter(job.strategy.distribute_datasets_from_function(job.pipeline.eval_dataset_fn()))
         totals = np.zeros(3)
         with job.pipeline.reading(job.pipeline.info.eval_split):
             for _ in range(job.pipeline.eval_steps):
-                totals += [float(x) for x in job.steps.eval_step(iterator)]
+                totals += [float(x) for x in job.steps.eval_step(self._eval_iterator)]
         correct, count, loss_sum = totals
         if int(count) != job.pipeline.info.eval_examples:
             raise RuntimeError(f"Evaluated {count} examples, expected {job.pipeline.info.eval_examples}.")

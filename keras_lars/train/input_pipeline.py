@@ -161,9 +161,10 @@ class InputPipeline:
 
     def eval_dataset_fn(self):
         """The eval dataset function: each worker's slice of the eval split,
-        padded to `eval_steps` steps with examples of weight 0. Yields
-        (images float32 (b, H, W, C), labels int32 (b,), weights float32 (b,)),
-        weights 1 for real examples."""
+        padded to `eval_steps` steps with examples of weight 0, repeated: each
+        run of `eval_steps` steps reads the split once, so one iterator serves
+        every eval. Yields (images float32 (b, H, W, C), labels int32 (b,),
+        weights float32 (b,)), weights 1 for real examples."""
 
         def dataset_fn(context):
             per_replica = context.get_per_replica_batch_size(self.micro_batch_size)
@@ -173,7 +174,7 @@ class InputPipeline:
             padded = self.eval_steps * replicas_here * per_replica
             ds = self._read(split).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
             blank = (tf.zeros(self.info.input_shape, tf.float32), tf.constant(0, tf.int32), tf.constant(0.0))
-            ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padded - count))
+            ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padded - count)).repeat()
             return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
 
         return dataset_fn
