@@ -215,7 +215,7 @@ def run_grid(out, quick=False, models=MODELS, jobs=1):
     order = sorted(s["batches"], key=lambda b: (b not in (s["batches"][0], s["batches"][-1]), b))
     tasks = [(model, method, batch, s, cache, jit) for model in models for batch in order for method in common.METHODS]
     todo = [task for task in tasks if not _cached(*task)]  # no process started for what is cached
-    common.parallel(_tune_task, todo, min(jobs, len(todo)) or 1)
+    common.parallel(_tune_task, todo, jobs)
     measured = {model: run_model(model, s, cache, jit) for model in models}
     return common.write_models(f"{directory}/results.json", measured, MODELS)
 

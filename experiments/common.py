@@ -414,15 +414,27 @@ def positive_int(text):
 
 
 def parallel(function, tasks, jobs):
-    """Calls `function(task)` for every task, in order, in `jobs` fresh
-    processes (spawned: each configures its own runtime), or in this process
-    when jobs is 1. A task's exception is raised here."""
-    if jobs == 1:
+    """Calls `function(task)` for every task, in order, in `jobs` spawned
+    processes (each configures its own runtime), or in this process when
+    jobs is 1 or there is one task and no processes yet. The processes are
+    started once and serve every later call (every claim of a suite): each
+    start imports TensorFlow. A task's exception is raised here."""
+    if jobs == 1 or len(tasks) == 0 or (len(tasks) == 1 and not _pools):
         return [function(task) for task in tasks]
-    import multiprocessing
+    return list(_pool(jobs).imap(function, tasks, chunksize=1))
 
-    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        return list(pool.imap(function, tasks, chunksize=1))
+
+_pools = {}
+
+
+def _pool(jobs):
+    if not _pools:
+        import atexit
+        import multiprocessing
+
+        _pools[jobs] = multiprocessing.get_context("spawn").Pool(jobs)
+        atexit.register(_pools[jobs].terminate)
+    return next(iter(_pools.values()))
 
 
 def _run_task(task):
@@ -436,7 +448,7 @@ def run_many(tasks, jobs=1):
     here: processes are started only for runs left to train."""
     summaries = [read_cached(spec, cache) for spec, cache, _ in tasks]
     todo = [i for i, summary in enumerate(summaries) if summary is None]
-    trained = parallel(_run_task, [(*tasks[i][:2], (), print, tasks[i][2]) for i in todo], min(jobs, len(todo)) or 1)
+    trained = parallel(_run_task, [(*tasks[i][:2], (), print, tasks[i][2]) for i in todo], jobs)
     for i, summary in zip(todo, trained):
         summaries[i] = summary
     return summaries

@@ -1,3 +1,4 @@
+import fcntl
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,14 +18,21 @@ tf.config.set_logical_device_configuration(
 
 
 @pytest.fixture(scope="session")
-def fashion_mnist_dir(tmp_path_factory):
-    """A TFDS data_dir holding fashion_mnist, prepared once by the real builder
-    from Debian's files (see keras_lars.train.data)."""
+def fashion_mnist_dir(tmp_path_factory, worker_id):
+    """A TFDS data_dir holding fashion_mnist, prepared once per test run by
+    the real builder from Debian's files (see keras_lars.train.data), under
+    a lock in the pytest-xdist workers' shared temporary directory."""
     from keras_lars.train.data import get_builder
 
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    get_builder("fashion_mnist", data_dir=data_dir)
-    return data_dir
+    if worker_id == "master":  # no xdist
+        data_dir = tmp_path_factory.mktemp("tfds")
+        get_builder("fashion_mnist", data_dir=str(data_dir))
+        return str(data_dir)
+    data_dir = tmp_path_factory.getbasetemp().parent / "tfds"
+    with open(f"{data_dir}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits while one prepares
+        get_builder("fashion_mnist", data_dir=str(data_dir))  # a prepared copy is only read
+    return str(data_dir)
 
 
 @pytest.fixture(scope="session")

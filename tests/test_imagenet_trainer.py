@@ -296,70 +296,82 @@ def test_stops_at_the_target_and_restart_does_nothing_more(tiny_imagenet, tmp_pa
 
 
 def _final_weights(out):
+    """Every variable of the latest checkpoint: weights (Keras saves the
+    trainable ones under the optimizer), BN statistics, optimizer state."""
     reader = tf.train.load_checkpoint(str(out / "checkpoints"))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
-    assert len(names) > 20
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    assert sum(n.startswith("optimizer/_trainable_variables/") for n in names) > 20
     return {n: reader.get_tensor(n) for n in names}
 
 
+# Two epochs of 6 steps, checkpoints every 5 steps (and at epoch ends), bit-
+# reproducible: the loops test and the SIGKILL test share these runs.
+REPRODUCIBLE_RUN = [*SMALL_RUN, "--epochs", "2", "--eval-every-epochs", "1", "--deterministic",
+                    "--checkpoint-every-steps", "5", "--layer-statistics-every", "2"]
+LARS_FLAGS = ["--optimizer", "lars"]
+CLARS_ACCUMULATED = ["--optimizer", "clars", "--gradient-accumulation-steps", "2"]
+_runs = {}
+
+
+def _run_once(data_dir, tmp_path_factory, *flags):
+    """The output directory of a finished run with `flags`, trained once per session."""
+    if flags not in _runs:
+        out = tmp_path_factory.mktemp("run") / "out"
+        _train(out, data_dir, *flags)
+        _runs[flags] = out
+    return _runs[flags]
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_imagenet, tmp_path):
+@pytest.mark.parametrize("optimizer_flags", [LARS_FLAGS, CLARS_ACCUMULATED])
+def test_loops_of_one_and_of_n_steps_end_identical(tiny_imagenet, tmp_path_factory, optimizer_flags):
     data_dir, _, _ = tiny_imagenet
-    # 6 steps an epoch; the killed run also uses loops of 3 steps (cut at the
-    # checkpoints every 4 steps), the uninterrupted one loops of 1.
-    flags = ["--model", "resnet20", "--image-size", "48", "--global-batch-size", "32", "--epochs", "3",
-             "--lars-opt-base-learning-rate", "4", "--lars-opt-learning-rate-warmup-epochs", "1",
-             "--checkpoint-every-steps", "4", "--eval-every-epochs", "3", "--deterministic",
-             "--input-benchmark-steps", "0", "--optimizer", "clars", "--gradient-accumulation-steps", "2"]
-    _train(tmp_path / "whole", data_dir, *flags, "--steps-per-loop", "1")
+    # 4 divides neither the epoch (6 steps) nor the checkpoint interval.
+    out = {n: _run_once(data_dir, tmp_path_factory, *REPRODUCIBLE_RUN, *optimizer_flags, "--steps-per-loop", str(n))
+           for n in (1, 4)}
+    one, four = _summary(out[1]), _summary(out[4])
+    assert one["steps_per_loop"] == 1 and four["steps_per_loop"] == 4
+    assert one["optimizer_steps"] == four["optimizer_steps"] == 12
+    assert four["weights_sha256"] == one["weights_sha256"]
+    assert four["train_loss_by_epoch"] == one["train_loss_by_epoch"]
+    assert four["evals"] == one["evals"]
+    assert sorted(os.listdir(out[4] / "checkpoints")) == sorted(os.listdir(out[1] / "checkpoints"))
+    statistics = [(out[n] / "layer_statistics.csv").read_text() for n in (1, 4)]
+    assert statistics[0] == statistics[1] and len(statistics[0].splitlines()) == 1 + 6 * 23  # ResNet-8: 23 variables
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_imagenet, tmp_path, tmp_path_factory):
+    data_dir, _, _ = tiny_imagenet
+    # CLARS with accumulation; the killed run in loops of 3 steps (cut at the
+    # checkpoints), the uninterrupted one (the loops test's) in loops of 1.
+    flags = [*REPRODUCIBLE_RUN, *CLARS_ACCUMULATED]
+    whole = _run_once(data_dir, tmp_path_factory, *flags, "--steps-per-loop", "1")
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "train", "--data-dir", data_dir, "--output-dir", str(out), *flags,
            "--steps-per-loop", "3"]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "CI": "1"})
     deadline = time.time() + 300
-    # Steps 7-12 are epoch 2: kill as soon as step 8's checkpoint appears.
-    while not (out / "checkpoints" / "ckpt-8.index").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    # Steps 7-12 are epoch 2: kill as soon as step 10's checkpoint appears.
+    while not (out / "checkpoints" / "ckpt-10.index").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
     # A save killed before its index update leaves step 6's (epoch 1's end);
-    # else step 8, mid-epoch 2.
-    assert int(latest.rsplit("-", 1)[1]) in (6, 8)
+    # else step 10, mid-epoch 2.
+    assert int(latest.rsplit("-", 1)[1]) in (6, 10), latest
     tf.train.load_checkpoint(latest)  # loads
     resumed = _train(out, data_dir, *flags, "--steps-per-loop", "3")
     assert "resuming from" in resumed.stdout
-    assert _summary(out)["optimizer_steps"] == _summary(tmp_path / "whole")["optimizer_steps"] == 18
-    whole, restarted = _final_weights(tmp_path / "whole"), _final_weights(out)
-    assert whole.keys() == restarted.keys()
-    for name in whole:
-        np.testing.assert_array_equal(restarted[name], whole[name], err_msg=name)
-    assert _summary(out)["weights_sha256"] == _summary(tmp_path / "whole")["weights_sha256"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("optimizer_flags", [["--optimizer", "lars"],
-                                             ["--optimizer", "clars", "--gradient-accumulation-steps", "2"]])
-def test_loops_of_one_and_of_n_steps_end_identical(tiny_imagenet, tmp_path, optimizer_flags):
-    data_dir, _, _ = tiny_imagenet
-    flags = [*SMALL_RUN, "--epochs", "2", "--eval-every-epochs", "1", "--deterministic",
-             "--checkpoint-every-steps", "5", "--layer-statistics-every", "2", *optimizer_flags]
-    runs = {}
-    for steps_per_loop in (1, 4):  # 4 divides neither the epoch (6 steps) nor the checkpoint interval
-        out = tmp_path / f"loop{steps_per_loop}"
-        _train(out, data_dir, *flags, "--steps-per-loop", str(steps_per_loop))
-        runs[steps_per_loop] = _summary(out)
-    one, four = runs[1], runs[4]
-    assert one["steps_per_loop"] == 1 and four["steps_per_loop"] == 4
-    assert one["optimizer_steps"] == four["optimizer_steps"] == 12
-    assert four["weights_sha256"] == one["weights_sha256"]
-    assert four["train_loss_by_epoch"] == one["train_loss_by_epoch"]
-    assert four["evals"] == one["evals"]
-    assert sorted(os.listdir(tmp_path / "loop4" / "checkpoints")) == sorted(
-        os.listdir(tmp_path / "loop1" / "checkpoints"))
-    statistics = [(tmp_path / f"loop{n}" / "layer_statistics.csv").read_text() for n in (1, 4)]
-    assert statistics[0] == statistics[1] and len(statistics[0].splitlines()) == 1 + 6 * 23  # ResNet-8: 23 variables
+    assert _summary(out)["optimizer_steps"] == _summary(whole)["optimizer_steps"] == 12
+    assert _summary(out)["weights_sha256"] == _summary(whole)["weights_sha256"]
+    assert _summary(out)["evals"] == _summary(whole)["evals"]
+    whole_weights, restarted = _final_weights(whole), _final_weights(out)
+    assert whole_weights.keys() == restarted.keys()
+    for name in whole_weights:
+        np.testing.assert_array_equal(restarted[name], whole_weights[name], err_msg=name)
 
 
 def _mlperf_entries(out):

@@ -41,8 +41,12 @@ def _summary(out):
 
 
 def _weights(out):
+    """Every variable of the latest checkpoint: weights (Keras saves the
+    trainable ones under the optimizer), BN statistics, optimizer state."""
     reader = tf.train.load_checkpoint(str(out / "checkpoints"))
-    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map() if n.startswith("model/")}
+    names = [n for n in reader.get_variable_to_shape_map() if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert sum(n.startswith("optimizer/_trainable_variables/") for n in names) > 20
+    return {n: reader.get_tensor(n) for n in names}
 
 
 def _mlperf(out):
