@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test test-heavy bench accelerator-wheels data
+.PHONY: train test test-heavy bench accelerator-wheels data docs
 
 # The demo job: ResNet-8 on Fashion-MNIST at batch 2048, all 10 epochs (the
 # trainer's defaults are MLPerf's ResNet-50 on ImageNet).
@@ -14,7 +14,7 @@ FASHION_MNIST_JOB := --dataset fashion_mnist --model resnet8 --global-batch-size
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $@
 
 # Debian's copy of Fashion-MNIST lets the real TFDS builder prepare it offline.
@@ -36,6 +36,13 @@ PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 test: $(VENV)/.installed data
 	$(PYTEST) -m "not heavy" tests
 	KERAS_BACKEND=jax $(PYTEST) $(JAX_TESTS)
+	$(MAKE) docs
+
+# The documentation site, strictly (-W -n: any warning, broken link, missing
+# image or unresolved docstring reference fails), from scratch (-E), offline.
+docs: $(VENV)/.installed
+	$(VENV)/bin/sphinx-build -q -E -W --keep-going -n -b html docs build/docs
+	@echo "docs: open build/docs/index.html"
 
 # CLARS on every keras.applications family (about 14 minutes on TensorFlow).
 test-heavy: $(VENV)/.installed

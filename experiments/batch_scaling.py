@@ -62,7 +62,7 @@ LABELS = {"sgd": "SGD+momentum (warmup)", "lars": "LARS (warmup, eta 0.001)", "c
 COLORS = {"sgd": "tab:gray", "lars": "tab:blue", "clars": "tab:red"}
 TITLES = {"mlp3": "mlp3: with BatchNorm", "mlp3_nobn": "mlp3_nobn: without BatchNorm"}
 
-QUICK = dict(batches=(1024,), grids={m: g[1:3] for m, g in GRIDS.items()}, seeds=(0, 1), max_steps=2, epochs=2,
+QUICK = dict(batches=(1024,), grids={m: g[1:2] for m, g in GRIDS.items()}, seeds=(0, 1), max_steps=2, epochs=2,
              all_seeds_from_batch=1024, max_extensions=0)
 
 
@@ -160,6 +160,25 @@ def _tune(model, method, batch, s, cache, jit):
                 _train(model, method, batch, s, cache, jit))
 
 
+class _NotCached(Exception):
+    pass
+
+
+def _cached(model, method, batch, s, cache, jit):
+    """Whether the tuning of (model, method, batch) reads only cached runs."""
+    def train(c, seed):
+        summary = common.read_cached(spec(model, method, batch, c, seed, s["epochs"], s["max_steps"]), cache)
+        if summary is None:
+            raise _NotCached
+        return summary
+
+    try:
+        tune(s["grids"][method], s["seeds"], batch >= s["all_seeds_from_batch"], s["max_extensions"], train)
+        return True
+    except _NotCached:
+        return False
+
+
 def _tune_task(args):
     common.configure_runtime()
     _tune(*args)
@@ -195,7 +214,8 @@ def run_grid(out, quick=False, models=MODELS, jobs=1):
     # Extremes first, so that a suite stopped early already spans the range.
     order = sorted(s["batches"], key=lambda b: (b not in (s["batches"][0], s["batches"][-1]), b))
     tasks = [(model, method, batch, s, cache, jit) for model in models for batch in order for method in common.METHODS]
-    common.parallel(_tune_task, tasks, jobs)
+    todo = [task for task in tasks if not _cached(*task)]  # no process started for what is cached
+    common.parallel(_tune_task, todo, min(jobs, len(todo)) or 1)
     measured = {model: run_model(model, s, cache, jit) for model in models}
     return common.write_models(f"{directory}/results.json", measured, MODELS)
 

@@ -304,16 +304,25 @@ def build(spec, jit_compile=True):
     return model, optimizer
 
 
+def read_cached(spec, cache_dir):
+    """The cached summary of `spec` in `cache_dir`, or None."""
+    path = os.path.join(cache_dir, spec.run_id() + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
     """Trains `spec` (or reads its cached summary) and returns the summary dict:
     {"spec", "run_id", "epochs": [{epoch, train_loss, train_top1, test_top1,
     seconds}], "final_test_top1", "best_test_top1", "diverged", "seconds",
     "images_per_second"}. A diverged run (non-finite loss) stops early with
     `diverged` true and `final_test_top1` None."""
+    cached = read_cached(spec, cache_dir)
+    if cached is not None:
+        return cached
     path = os.path.join(cache_dir, spec.run_id() + ".json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
     keras.utils.set_random_seed(spec.seed)  # before the datasets: their shuffle seed depends on it
     train, test = datasets(spec)
     model, _ = build(spec, jit_compile)
@@ -423,8 +432,14 @@ def _run_task(task):
 
 def run_many(tasks, jobs=1):
     """`run(spec, cache_dir, jit_compile=jit)` for every (spec, cache_dir, jit)
-    task, in `jobs` processes; the summaries, in order."""
-    return parallel(_run_task, [(spec, cache, (), print, jit) for spec, cache, jit in tasks], jobs)
+    task, in `jobs` processes; the summaries, in order. Cached runs are read
+    here: processes are started only for runs left to train."""
+    summaries = [read_cached(spec, cache) for spec, cache, _ in tasks]
+    todo = [i for i, summary in enumerate(summaries) if summary is None]
+    trained = parallel(_run_task, [(*tasks[i][:2], (), print, tasks[i][2]) for i in todo], min(jobs, len(todo)) or 1)
+    for i, summary in zip(todo, trained):
+        summaries[i] = summary
+    return summaries
 
 
 def claim_dir(out, name):

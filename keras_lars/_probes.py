@@ -13,6 +13,10 @@ def mark(probe, targets):
 
 
 def is_probe(variable):
+    """Whether `variable` is a per-example norm probe (a bool): probes are
+    trainable variables of a model while norms are attached, but never
+    weights; a custom loop passes their gradients to `optimizer.apply` with
+    the others, and CLARS takes them out."""
     return hasattr(variable, _TARGETS)
 
 

@@ -6,7 +6,8 @@ from keras import ops
 from keras_lars import _backend, _probes
 from keras_lars.lars import LARS, STATISTICS
 
-# What CLARS's `layer_statistics=True` records after LARS's `STATISTICS`.
+#: What CLARS's `layer_statistics=True` records after LARS's `STATISTICS`:
+#: n_k, ||g_k|| / n_k, the mean squared per-example norm and M_k.
 CLARS_STATISTICS = (
     "mean_per_example_norm",  # n_k = (1/B) sum_i ||grad_k f_i||
     "gradient_variance_ratio",  # ||g_k|| / n_k, in (0, 1]

@@ -28,10 +28,12 @@ class ExclusionRules:
     Args:
         rules: `None` for the default rule (`is_rank_at_most_1`), or a rule or a
             list/tuple of rules, each one of:
+
             - a `str`: a regular expression searched (`re.search`) in
               `variable.path` (e.g. `"conv2d/kernel"`, `"bias$"`);
             - a `keras.Variable`: that variable itself;
             - a callable `predicate(variable) -> bool`.
+
             An empty list excludes nothing.
         argument: the constructor argument's name, used in error messages.
 
@@ -108,6 +110,11 @@ class ExclusionRules:
         """Appends rules (used by `Optimizer.exclude_from_weight_decay`)."""
         self.is_default = False
         self.rules.extend(self._check(rule) for rule in rules)
+
+    def holds(self, rule):
+        """Whether `rule` is one of these rules (an equal regex, or the same
+        variable or predicate)."""
+        return any(rule is held or (isinstance(rule, str) and rule == held) for held in self.rules)
 
     def get_config(self):
         """JSON-able form. Variables become exact-path regexes; predicates go

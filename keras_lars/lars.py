@@ -10,9 +10,12 @@ from keras_lars._probes import is_probe
 from keras_lars._backend import colocated_with, dense_gradient, fast_norm, maybe_jit, variable_path
 from keras_lars.exclusions import ExclusionRules
 
+#: What `trust_ratio_denominator` accepts.
 TRUST_RATIO_DENOMINATORS = ("sum_of_norms", "norm_of_sum")
 
-# What `lars_update(..., statistics=True)` returns, in this order (float32).
+#: What `lars_update(..., statistics=True)` returns, in this order (float32):
+#: ||w||, ||g||, lambda, lambda after LARC clipping, the local learning rate,
+#: ||delta w|| and ||delta w|| / ||w||.
 STATISTICS = (
     "weight_norm",  # ||w||, before the update
     "gradient_norm",  # ||g||, the batch gradient the update uses (before decay)
@@ -185,11 +188,11 @@ class LARS(keras.optimizers.Optimizer):
             small writes; `benchmarks/optimizer_apply.py`), a whole train step
             (ResNet-50, 64x64, batch 32) about 1.0-1.04x
             (`benchmarks/clars_step.py`).
-        clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-        ema_overwrite_frequency, loss_scale_factor,
-        gradient_accumulation_steps, name: as in every Keras optimizer
-            (`keras.optimizers.Optimizer`); clipping acts on the gradient
-            before the trust ratio is computed.
+        clipnorm: as every Keras optimizer's (`keras.optimizers.Optimizer`),
+            as are `clipvalue`, `global_clipnorm`, `use_ema`,
+            `ema_momentum`, `ema_overwrite_frequency`, `loss_scale_factor`,
+            `gradient_accumulation_steps` and `name`; clipping acts on the
+            gradient before the trust ratio is computed.
 
     Raises:
         ValueError: at construction, for a negative learning rate, momentum
@@ -287,14 +290,19 @@ class LARS(keras.optimizers.Optimizer):
         `exclude_from_layer_adaptation` was not given, adaptation follows.
 
         Raises:
-            ValueError: if the optimizer is already built.
+            ValueError: if the optimizer is already built and the call adds
+                a rule it does not hold yet (a repeated call, as each replica
+                of a `tf.distribute` step makes, is accepted).
         """
+        rules = list(var_list or []) + list(var_names or [])
         if self.built:
+            if all(self._decay_rules.holds(rule) for rule in rules):
+                return
             raise ValueError(
                 "`exclude_from_weight_decay()` must be called before the "
                 "optimizer is built (before the first step)."
             )
-        self._decay_rules.add(list(var_list or []) + list(var_names or []))
+        self._decay_rules.add(rules)
 
     def build(self, variables):
         if self.built:

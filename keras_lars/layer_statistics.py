@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_lars._backend import variable_path
 
+#: The file `LayerStatisticsLogger` and the trainer append rows to.
 CSV_NAME = "layer_statistics.csv"
 # Statistics spanning orders of magnitude: TensorBoard histograms of log10.
 _HISTOGRAMS = ("weight_norm", "gradient_norm", "trust_ratio", "local_learning_rate", "update_ratio",

@@ -29,6 +29,8 @@ import math
 import keras
 from keras import ops
 
+#: What `method` accepts: the cheaper of the two by multiply-adds, the ghost
+#: norm, or materialized per-example gradients.
 METHODS = ("auto", "ghost", "materialize")
 
 
@@ -102,9 +104,9 @@ def conv_squared_norms(a, d, kernel_size, strides, dilation_rate, padding, group
     channel c * multiplier + m reading input channel c), channels-last.
 
     Args:
-        a: the layer input, shape (B, *spatial_in, C_in), static spatial sizes.
+        a: the layer input, shape `(B, *spatial_in, C_in)`, static spatial sizes.
         d: dL/dz for the convolution output z (before the bias),
-            shape (B, *spatial_out, C_out).
+            shape `(B, *spatial_out, C_out)`.
         kernel_size, strides, dilation_rate: tuples of ints, one per spatial axis.
         padding: "valid", "same" (TensorFlow's: the extra pixel goes after)
             or "causal" (1-D: all padding before).

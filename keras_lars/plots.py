@@ -193,12 +193,18 @@ def plot_run(run_dir, out=None, step=None):
     return written
 
 
-def main(argv=None):
+def build_parser():
+    """The `python -m keras_lars.plots` command line."""
     parser = argparse.ArgumentParser(prog="python -m keras_lars.plots", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help=f"a directory holding {CSV_NAME} (e.g. the trainer's --output-dir)")
     parser.add_argument("--out", default=None, help="output directory (default: RUN_DIR/plots)")
     parser.add_argument("--step", type=int, default=None,
                         help="optimizer step of the norms plot (default: the first recorded)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         for path in plot_run(args.run_dir, args.out, args.step):

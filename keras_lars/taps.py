@@ -58,6 +58,7 @@ from keras_lars import _backend, _probes
 from keras_lars._probes import is_probe  # noqa: F401 (public: tell probes from weights)
 from keras_lars.per_example_norms import METHODS, conv_squared_norms, dense_squared_norms
 
+#: What `attach_per_example_norms(unsupported_layers=...)` accepts.
 UNSUPPORTED_LAYER_POLICIES = ("error", "vectorized")
 _ATTACHMENT = "_keras_lars_per_example_norms"
 
@@ -86,7 +87,8 @@ class LayerRule:
     check: object = None  # check(layer): raises ValueError at attach time for a layer it cannot tap
 
 
-# Layer class -> LayerRule. Filled below and by `register_layer`.
+#: Layer class -> `LayerRule`: the registry. Filled below and by
+#: `keras_lars.register_layer`; the error messages derive from it.
 LAYER_RULES = {}
 
 
@@ -772,7 +774,7 @@ def per_example_gradient_norms(model, x, y, loss, variables=None, *, sample_weig
         `variables`, the batch gradients, and the loss.
 
     Raises:
-        As `attach_per_example_norms`.
+        ValueError, RuntimeError: as `keras_lars.attach_per_example_norms`.
     """
     rows, gradients, loss_value = _one_pass(model, x, y, loss, variables, sample_weight, training, options, None)
     return [row[0] for row in rows], gradients, loss_value
@@ -793,7 +795,7 @@ def per_example_squared_norms(model, x, y, loss, variables=None, *, sample_weigh
         the batch gradients, and the loss.
 
     Raises:
-        As `attach_per_example_norms`.
+        ValueError, RuntimeError: as `keras_lars.attach_per_example_norms`.
     """
     batch = int(ops.shape(keras.tree.flatten(x)[0])[0])
     sub_batch = options.get("sub_batch_size")

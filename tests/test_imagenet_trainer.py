@@ -5,7 +5,6 @@ over replicas, gradient accumulation, distribution, checkpoints, MLPerf log."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import keras_lars
+from ports import free_ports
 from tiny_imagenet import validation_labels, write_tiny_imagenet
 from keras_lars.train import preprocessing
 from keras_lars.train.config import TrainConfig
@@ -125,7 +125,9 @@ def test_eval_counts_every_image_once_over_replicas(tiny_imagenet, mirrored_stra
     assert pipeline.eval_steps == 2  # 12 images, micro-batch 8: 4 padded
     dataset = mirrored_strategy.distribute_datasets_from_function(pipeline.eval_dataset_fn())
     labels, weights = [], []
-    for _, label, weight in dataset:
+    iterator = iter(dataset)  # repeats: one eval is eval_steps steps
+    for _ in range(pipeline.eval_steps):
+        _, label, weight = next(iterator)
         for replica_label, replica_weight in zip(mirrored_strategy.experimental_local_results(label),
                                                  mirrored_strategy.experimental_local_results(weight)):
             labels += list(replica_label.numpy())
@@ -433,20 +435,10 @@ def test_mirrored_strategy_over_two_cpus(tiny_imagenet, tmp_path):
     assert summary["train_loss_by_epoch"]["2"] < summary["train_loss_by_epoch"]["1"]
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_multi_worker_mirrored_two_processes_end_identical(tiny_imagenet, tmp_path):
     data_dir, _, _ = tiny_imagenet
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     out = tmp_path / "run"
     flags = [*SMALL_RUN, "--epochs", "2", "--eval-every-epochs", "1", "--distribution", "multi_worker_mirrored",
              "--optimizer", "clars", "--dtype", "mixed_float16"]

@@ -1,12 +1,17 @@
 """Keras's own generic optimizer tests, run against LARS.
 
-The tests are Keras's (`keras/src/optimizers/optimizer_test.py` and
-`optimizer_sparse_test.py`, `loss_scale_optimizer_test.py`,
-`multi_optimizer_test.py`, shipped in the installed package), unmodified:
-they check what every Keras optimizer must do (iterations, clipping, EMA,
-gradient accumulation, callable learning rates and schedules, constraints,
-loss scaling, overwrite-with-gradient, checkpointing, naming, sparse
-gradients). Where they build `optimizers.SGD` or `optimizers.Adam`, they get
+The tests are Keras's (`keras/src/optimizers/optimizer_test.py`,
+`sgd_test.py`, `optimizer_sparse_test.py`, `loss_scale_optimizer_test.py`,
+`multi_optimizer_test.py` and, on TensorFlow,
+`keras/src/backend/tensorflow/optimizer_distribute_test.py`, shipped in the
+installed package), unmodified: they check what every Keras optimizer must
+do (iterations, clipping, EMA, gradient accumulation, callable learning
+rates and schedules, constraints, loss scaling, overwrite-with-gradient,
+checkpointing, naming, sparse gradients, `stateless_apply`, updates inside a
+2-replica `MirroredStrategy`). LARS compiles each per-variable update with
+XLA by default (`jit_compile=True`), so every apply here runs through XLA;
+Keras's tests have no case of their own for an XLA-compiled train step
+(test_lars.py checks `fit(jit_compile=True)` against Algorithm 1). Where they build `optimizers.SGD` or `optimizers.Adam`, they get
 `LARSAsSGD`: `keras_lars.LARS` with every variable excluded from layer
 adaptation (trust ratio 1), which is exactly Keras's momentum SGD, so
 Keras's expected numbers are kept, not weakened. The trust ratio itself is
@@ -16,13 +21,23 @@ Deselected at collection, each for a stated reason (`DESELECTED`,
 `deselection_reason`): tests of Keras's registry of its own optimizers
 (`optimizers.get("sgd")` returns Keras's class, not the patched name), a
 test of Adam's variables, "sparse updates stay sparse", and the sparse cases
-of Keras's other optimizers.
+of Keras's other optimizers. The distribute tests run on the session's
+2-replica MirroredStrategy (tests/conftest.py) instead of resetting
+TensorFlow's context in `setUp` as Keras's do: a reset would invalidate the
+other tests' variables in the same process.
+
+CLARS needs per-example norms from an attached model, so these
+variable-level tests do not apply to it; its Keras integration (fit, XLA,
+MirroredStrategy, accumulation, loss scaling, checkpoints) is tested in
+test_clars.py against brute-force per-example gradients.
 """
 
 import keras
 import pytest
 from keras.src import optimizers
-from keras.src.optimizers import loss_scale_optimizer_test, multi_optimizer_test, optimizer_sparse_test, optimizer_test
+from keras.src import testing
+from keras.src.optimizers import (loss_scale_optimizer_test, multi_optimizer_test, optimizer_sparse_test,
+                                  optimizer_test, sgd_test)
 
 import keras_lars
 
@@ -75,6 +90,9 @@ DESELECTED = {
     "test_pickleable_optimizers": "Keras's registry (`optimizers.get` by name)",
     "test_gradient_accumulation_with_weigth_decay": "Keras's registry (`optimizers.get` by name)",
     "test_setting_lr_to_callable_untracks_lr_var": "Adam's learning-rate variable by name",
+    # LARS accepts momentum in [0, 1) and names the received value
+    # (test_lars.py checks its errors); the test matches SGD's wording.
+    "test_invalid_momentum": "Keras SGD's error wording",
     # LARS densifies a sparse gradient before its update (the trust ratio
     # needs the norm of the summed rows), so its variable updates are dense;
     # test_sparse_correctness checks the numbers.
@@ -103,6 +121,21 @@ class TestKerasSparseGradients(_sparse_tests_with_lars()):
     pass
 
 
+class TestKerasSGD(sgd_test.SGDTest):
+    pass
+
+
+if keras.backend.backend() == "tensorflow":
+    from keras.src.backend.tensorflow import optimizer_distribute_test
+
+    class TestKerasDistributed(optimizer_distribute_test.OptimizerDistributeTest):
+        shared_strategy = None  # set by `lars_in_place_of_keras_optimizers`
+
+        def setUp(self):
+            testing.TestCase.setUp(self)
+            self.strategy = self.shared_strategy
+
+
 class TestKerasLossScaleOptimizer(loss_scale_optimizer_test.LossScaleOptimizerTest):
     pass
 
@@ -112,7 +145,12 @@ class TestKerasMultiOptimizer(multi_optimizer_test.MultiOptimizerTest):
 
 
 @pytest.fixture(autouse=True)
-def lars_in_place_of_keras_optimizers(monkeypatch):
+def lars_in_place_of_keras_optimizers(monkeypatch, request):
     monkeypatch.setattr(optimizers, "SGD", SGD)
     monkeypatch.setattr(optimizers, "Adam", Adam)
     monkeypatch.setattr(loss_scale_optimizer_test, "SGD", SGD)
+    monkeypatch.setattr(sgd_test, "SGD", SGD)
+    if keras.backend.backend() == "tensorflow":
+        monkeypatch.setattr(optimizer_distribute_test, "SGD", SGD)
+        if request.cls is TestKerasDistributed:
+            monkeypatch.setattr(TestKerasDistributed, "shared_strategy", request.getfixturevalue("mirrored_strategy"))

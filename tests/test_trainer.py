@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 import keras_lars
 from keras_lars.train.config import TrainConfig, parse_args
-from keras_lars.train.controller import loop_lengths
+from keras_lars.train.controller import WALL_PARTS, loop_lengths
 from keras_lars.train.data import DEBIAN_FASHION_MNIST_DIR
 from keras_lars.train.errors import DataError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline
@@ -52,9 +52,15 @@ def test_eval_keeps_every_example_and_train_batches_are_full(fashion_mnist_dir):
     pipeline = InputPipeline("fashion_mnist", 3000, data_dir=fashion_mnist_dir)
     assert pipeline.info.eval_examples == 10_000 and pipeline.info.input_shape == (28, 28, 1)
     context = tf.distribute.InputContext()
-    weights = [w for _, _, w in pipeline.eval_dataset_fn()(context)]
-    assert len(weights) == pipeline.eval_steps == 4
-    assert float(sum(np.sum(w) for w in weights)) == 10_000  # the last batch padded with weight 0
+    assert pipeline.eval_steps == 4
+    # The dataset repeats (one iterator serves every eval): each run of
+    # eval_steps batches is the whole split once, the last batch padded with weight 0.
+    passes = list(pipeline.eval_dataset_fn()(context).take(2 * pipeline.eval_steps))
+    for one in (passes[:4], passes[4:]):
+        assert float(sum(np.sum(w) for _, _, w in one)) == 10_000
+        assert float(np.sum(one[-1][2])) == 10_000 - 3 * 3000
+    for a, b in zip(passes[:4], passes[4:]):
+        assert all(np.array_equal(u, v) for u, v in zip(a, b))
     x, y = next(iter(pipeline.train_dataset_fn(0)(context)))
     assert x.shape == (3000, 28, 28, 1) and y.shape == (3000,)
     assert abs(float(np.mean(x))) < 0.1 and abs(float(np.std(x)) - 1.0) < 0.1
@@ -82,6 +88,13 @@ def test_trainer_end_to_end(fashion_mnist_dir, tmp_path):
     assert losses["2"] < losses["1"] - 0.3, losses
     assert summary["best_top1"] >= summary["final_top1"]
     assert summary["train_images_per_second"] > 0 and summary["input_images_per_second"] > 0
+    # The wall time by part adds up to the run's, with at most 5% unattributed.
+    wall = summary["wall_time"]
+    assert list(wall) == ["setup", *WALL_PARTS, "other"]
+    assert sum(wall.values()) == pytest.approx(summary["wall_seconds"])
+    assert all(wall[part] >= 0 for part in wall if part != "other"), wall
+    assert min(wall["steps"], wall["first_loop_steps"], wall["first_loop_compile"], wall["evals"]) > 0, wall
+    assert abs(wall["other"]) < 0.05 * summary["wall_seconds"], wall
     # Learning rate at the end of each epoch against the schedule's formula
     # (warmup 10 steps, decay over 40 - 10 + 1 = 31 steps, end LR 1e-4).
     lr_at = lambda t: (6 - 1e-4) * (1 - min(t - 10, 31) / 31) ** 2 + 1e-4  # noqa: E731

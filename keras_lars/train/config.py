@@ -193,7 +193,7 @@ _HELP = {
     "target_accuracy": "stop once eval top-1 reaches this; default 0.759 (MLPerf's) for imagenet2012, none "
     "(all epochs run) for other datasets",
     "steps_per_loop": "optimizer steps per host call (one tf.function running a device loop); loops also end "
-    "at epoch ends and --checkpoint-every-steps and --layer-statistics-every multiples. 0: 500 on GPU/TPU, 10 on CPU (measured fastest, benchmarks/steps_per_loop.py)",
+    "at epoch ends and --checkpoint-every-steps and --layer-statistics-every multiples. 0: 500 on GPU/TPU, 10 on CPU (measured fastest, benchmarks/steps_per_loop.py). A SIGTERM is acted on at the end of a loop (one more with several workers): on a preemptible machine keep two loops, an eval and a checkpoint within its grace period",
     "distribution": "tf.distribute strategy; auto: TPU if a TPU resolver finds one, else MirroredStrategy "
     "over several GPUs, else the default strategy. multi_worker_mirrored reads TF_CONFIG",
     "cpu_devices": "split the CPU into this many logical devices (MirroredStrategy over CPUs, for testing)",
@@ -217,9 +217,8 @@ _HELP = {
 }
 
 
-def parse_args(argv=None, prog="keras-lars-train"):
-    """Parses command-line flags (--global-batch-size, ...) into a `TrainConfig`;
-    exits with status 2 and the reason on a bad value."""
+def build_parser(prog="keras-lars-train"):
+    """The trainer's `argparse.ArgumentParser`: one flag per `TrainConfig` field."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train ResNet-50 on ImageNet (or a small ResNet on a small dataset) with LARS, CLARS or SGD "
@@ -236,6 +235,13 @@ def parse_args(argv=None, prog="keras-lars-train"):
         value_type = float if field.type is float else field.type
         parser.add_argument(flag, type=value_type, default=field.default, choices=choices.get(field.name),
                             help=_HELP[field.name])
+    return parser
+
+
+def parse_args(argv=None, prog="keras-lars-train"):
+    """Parses command-line flags (--global-batch-size, ...) into a `TrainConfig`;
+    exits with status 2 and the reason on a bad value."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         return TrainConfig(**vars(args))

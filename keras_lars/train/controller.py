@@ -17,7 +17,28 @@ import tensorflow as tf
 from mlperf_logging.mllog import constants as mlperf
 
 from keras_lars import layer_statistics
-from keras_lars.train import guard
+from keras_lars.train import guard, preemption
+
+
+# The parts of the controller's wall time: the timed device loops ("steps"),
+# the process's first loop split into its steps (at the later loops' rate)
+# and the rest (tracing and XLA compilation), making and releasing the input
+# iterators, evals, checkpoint saves (and their finiteness checks), and the
+# per-loop logging (TensorBoard, progress, layer statistics, BatchNorm
+# statistics sync).
+WALL_PARTS = ("steps", "first_loop_steps", "first_loop_compile", "input_iterators", "evals", "checkpoints",
+              "logging")
+
+
+class _Timer:
+    def __init__(self, seconds, part):
+        self._seconds, self._part = seconds, part
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self._seconds[self._part] += time.perf_counter() - self._start
 
 
 def loop_lengths(start, end, steps_per_loop, *every):
@@ -54,6 +75,10 @@ class Controller:
         self.target_reached = self._reached(float(job.progress["best_top1"].numpy()))
         self.epoch_losses, self.epoch_lrs = {}, {}
         self.timed_seconds, self.timed_steps, self._loops_run = 0.0, 0, 0
+        self._first_loop = (0, 0.0)  # (steps, seconds)
+        self._eval_iterator = None
+        # Wall time by part (seconds), for `results()["wall_time"]`.
+        self.seconds = dict.fromkeys(WALL_PARTS, 0.0)
         self._block_first = None
         self._finite = guard.FiniteCheck(job.model.weights + _state_variables(job.model.optimizer))
         self._writer = (tf.summary.create_file_writer(os.path.join(self.config.output_dir, "tensorboard"))
@@ -64,18 +89,27 @@ class Controller:
             if job.chief and self.config.layer_statistics_every else None)
 
     def train(self):
+        """Raises `preemption.Preempted` after a SIGTERM or SIGINT (with a
+        checkpoint at the boundary where it was seen), `TrainerError`s."""
+        self._watch = preemption.PreemptionWatch(self.job.strategy, self._save_now)
+        first = int(self.job.progress["epochs_done"].numpy()) + 1
         try:
-            for epoch in range(int(self.job.progress["epochs_done"].numpy()) + 1, self.config.epochs + 1):
+            iterator = self._train_iterator(first)
+            for epoch in range(first, self.config.epochs + 1):
                 if self.target_reached:
                     break
                 self._start_block(epoch)
-                self._train_epoch(epoch)
+                self._train_epoch(epoch, iterator)
                 if self.config.eval_due(epoch):
                     self._evaluate(epoch)
                     self._stop_block()
                 self.job.progress["epochs_done"].assign(epoch)
                 self._checkpoint()
+                self._watch.boundary()
         finally:
+            with self._timer("input_iterators"):
+                iterator = self._eval_iterator = None
+            self._watch.close()
             for writer in (self._writer, self._statistics):
                 if writer:
                     writer.close()
@@ -100,20 +134,37 @@ class Controller:
             "train_images_per_second": (self.timed_steps * self.config.global_batch_size / self.timed_seconds
                                         if self.timed_steps else None),
             "train_seconds_timed": self.timed_seconds,
+            "wall_time": self._wall_time(),
             "weights_sha256": weights_fingerprint(self.job.model),
         }
 
+    def _wall_time(self):
+        steps, seconds = self._first_loop
+        rate = self.timed_seconds / self.timed_steps if self.timed_steps else seconds / max(steps, 1)
+        first_steps = min(steps * rate, seconds)
+        return {**self.seconds, "steps": self.timed_seconds, "first_loop_steps": first_steps,
+                "first_loop_compile": seconds - first_steps}
+
     # The epoch: device loops between boundaries.
 
-    def _train_epoch(self, epoch):
+    def _train_iterator(self, first):
+        """One iterator over epochs `first` .. the last (see
+        `InputPipeline.train_dataset_fn`), after the steps already done."""
+        job, spe, k = self.job, self.job.steps_per_epoch, self.config.gradient_accumulation_steps
+        if first > self.config.epochs:  # a restart after the last epoch (say, preempted at its end)
+            return None
+        done = min(max(self.step - (first - 1) * spe, 0), spe)
+        with self._timer("input_iterators"):
+            return iter(job.strategy.distribute_datasets_from_function(job.pipeline.train_dataset_fn(
+                first - 1, skip_micro_steps=done * k, epochs=self.config.epochs - first + 1,
+                micro_steps_per_epoch=spe * k)))
+
+    def _train_epoch(self, epoch, iterator):
         job, spe = self.job, self.job.steps_per_epoch
         epoch_start = (epoch - 1) * spe
         done = min(max(self.step - epoch_start, 0), spe)
         if done == spe:
             return
-        k = self.config.gradient_accumulation_steps
-        iterator = iter(job.strategy.distribute_datasets_from_function(
-            job.pipeline.train_dataset_fn(epoch - 1, skip_micro_steps=done * k)))
         progbar = keras.utils.Progbar(spe, verbose=(2 if os.environ.get("CI") else 1) if job.chief else 0,
                                       stateful_metrics=["learning_rate"])
         if job.chief:
@@ -123,16 +174,20 @@ class Controller:
                                    self.config.checkpoint_every_steps, self.config.layer_statistics_every):
             loop_losses = self._run_loop(iterator, length)
             losses.extend(loop_losses)
-            lr = self._log_loop(loop_losses)
-            self._log_layer_statistics()
-            progbar.update(self.step - epoch_start, [("loss", float(np.mean(loop_losses))), ("learning_rate", lr)])
+            with self._timer("logging"):
+                lr = self._log_loop(loop_losses)
+                self._log_layer_statistics()
+                progbar.update(self.step - epoch_start, [("loss", float(np.mean(loop_losses))), ("learning_rate", lr)])
             every = self.config.checkpoint_every_steps
             if every and self.step % every == 0 and self.step % spe:
-                job.steps.sync_moving_statistics()
+                with self._timer("logging"):
+                    job.steps.sync_moving_statistics()
                 self._checkpoint()
+            self._watch.boundary()
         self.epoch_losses[epoch] = float(np.mean(losses))
         self.epoch_lrs[epoch] = lr
-        job.steps.sync_moving_statistics()
+        with self._timer("logging"):
+            job.steps.sync_moving_statistics()
 
     def _run_loop(self, iterator, length):
         """One device loop of `length` steps; the divergence guard on its losses."""
@@ -142,6 +197,8 @@ class Controller:
         if self._loops_run:  # the process's first loop traces and compiles
             self.timed_seconds += time.perf_counter() - start
             self.timed_steps += len(losses)
+        else:
+            self._first_loop = (len(losses), time.perf_counter() - start)
         self._loops_run += 1
         bad = guard.first_non_finite(losses)
         if bad is not None:
@@ -172,24 +229,41 @@ class Controller:
     def _checkpoint(self):
         """Saves unless a weight or optimizer value is non-finite (then the
         run stops: the previous checkpoint stays the latest)."""
-        self._check_finite()
-        self.job.progress["steps_done"].assign(self.step)
-        self.job.checkpoints.save(self.step)
+        with self._timer("checkpoints"):
+            self._check_finite()
+            self.job.progress["steps_done"].assign(self.step)
+            self.job.checkpoints.save(self.step)
+
+    def _save_now(self):
+        """A checkpoint at the current step, for a preemption: (step, path)."""
+        self.job.steps.sync_moving_statistics()
+        self._checkpoint()
+        return self.step, self.job.checkpoints.latest()
 
     def _check_finite(self):
         if not self._finite.check():
             raise guard.weights_diverged(self.config, self.step, self.job.checkpoints.latest())
 
+    def _timer(self, part):
+        return _Timer(self.seconds, part)
+
     def _evaluate(self, epoch):
         """Top-1 and mean loss over the whole eval split, each example once."""
+        with self._timer("evals"):
+            self._evaluate_now(epoch)
+
+    def _evaluate_now(self, epoch):
         job = self.job
         self._check_finite()
         job.log.start(mlperf.EVAL_START, epoch_num=epoch)
-        iterator = iter(job.strategy.distribute_datasets_from_function(job.pipeline.eval_dataset_fn()))
+        if self._eval_iterator is None:
+            # One iterator for every eval (the dataset repeats): a new one per
+            # eval took about a second to tear down.
+            self._eval_iterator = iter(job.strategy.distribute_datasets_from_function(job.pipeline.eval_dataset_fn()))
         totals = np.zeros(3)
         with job.pipeline.reading(job.pipeline.info.eval_split):
             for _ in range(job.pipeline.eval_steps):
-                totals += [float(x) for x in job.steps.eval_step(iterator)]
+                totals += [float(x) for x in job.steps.eval_step(self._eval_iterator)]
         correct, count, loss_sum = totals
         if int(count) != job.pipeline.info.eval_examples:
             raise RuntimeError(f"Evaluated {count} examples, expected {job.pipeline.info.eval_examples}.")

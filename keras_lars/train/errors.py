@@ -28,3 +28,8 @@ class DivergenceError(TrainerError):
     checkpoint holds the last finite state."""
 
     exit_status = 3
+
+
+class CheckpointError(TrainerError):
+    """No checkpoint in the output directory can be read (each one damaged:
+    a truncated or missing file, flipped bytes); nothing was overwritten."""

@@ -9,6 +9,7 @@ middle of an epoch sees the same batches as one that never stopped.
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import tensorflow as tf
@@ -113,33 +114,57 @@ class InputPipeline:
             split=split, shuffle_files=shuffle_seed is not None, decoders=decoders, read_config=read_config
         )
 
-    def train_dataset_fn(self, epoch, skip_micro_steps=0):
-        """The dataset function for 0-based `epoch`, starting after
-        `skip_micro_steps` micro-batches (a resumed run). Skipped records are
-        dropped before decoding. Yields (images float32 (b, H, W, C), labels
-        int32 (b,)) with b the per-replica batch; the remainder is dropped."""
+    def train_dataset_fn(self, epoch, skip_micro_steps=0, epochs=1, micro_steps_per_epoch=None):
+        """The dataset function for 0-based epochs `epoch` .. `epoch + epochs
+        - 1`, one after the other, starting after `skip_micro_steps`
+        micro-batches of the first (a resumed run). One dataset (and so one
+        iterator) for a whole run: the next epoch's shuffle buffer fills in
+        the background while the last steps of the previous run, and no
+        iterator is torn down at an epoch end (its destructor stalled the
+        loop for seconds). Skipped records are dropped before decoding.
+
+        Args:
+            epoch, epochs: ints, the first 0-based epoch and how many.
+            skip_micro_steps: int, micro-batches of the first epoch already trained.
+            micro_steps_per_epoch: int, micro-batches (global) used of each
+                epoch; None: the full pass (with `epochs` 1 only).
+
+        Yields (images float32 (b, H, W, C), labels int32 (b,)) with b the
+        per-replica batch; each epoch's remainder is dropped."""
+        if epochs > 1 and micro_steps_per_epoch is None:
+            raise ValueError("train_dataset_fn over several epochs needs micro_steps_per_epoch.")
 
         def dataset_fn(context):
-            per_replica = context.get_per_replica_batch_size(self.micro_batch_size)
-            replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
-            split, _ = shard_split("train", self.info.train_examples, context.input_pipeline_id,
-                                   context.num_input_pipelines)
-            # Python ints: one seed per (run seed, epoch, worker).
-            epoch_seed = (self._seed * 1_000_003 + epoch * 7_919 + context.input_pipeline_id) % (2**31 - 1)
-            buffer = IMAGENET_SHUFFLE_BUFFER if self._imagenet else SMALL_SHUFFLE_BUFFER
-            ds = self._read(split, shuffle_seed=epoch_seed)
-            ds = ds.shuffle(buffer, seed=epoch_seed).enumerate()
-            ds = ds.skip(skip_micro_steps * replicas_here * per_replica)
-            ds = ds.map(lambda i, ex: self._train_example(ex, epoch_seed, i), num_parallel_calls=tf.data.AUTOTUNE)
-            return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
+            pieces = [self._train_epoch(context, e, skip_micro_steps if e == epoch else 0, micro_steps_per_epoch)
+                      for e in range(epoch, epoch + epochs)]
+            ds = functools.reduce(lambda a, b: a.concatenate(b), pieces)
+            return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
         return dataset_fn
 
+    def _train_epoch(self, context, epoch, skip_micro_steps, micro_steps):
+        per_replica = context.get_per_replica_batch_size(self.micro_batch_size)
+        replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+        split, _ = shard_split("train", self.info.train_examples, context.input_pipeline_id,
+                               context.num_input_pipelines)
+        # Python ints: one seed per (run seed, epoch, worker).
+        epoch_seed = (self._seed * 1_000_003 + epoch * 7_919 + context.input_pipeline_id) % (2**31 - 1)
+        buffer = IMAGENET_SHUFFLE_BUFFER if self._imagenet else SMALL_SHUFFLE_BUFFER
+        ds = self._read(split, shuffle_seed=epoch_seed)
+        ds = ds.shuffle(buffer, seed=epoch_seed).enumerate()
+        ds = ds.skip(skip_micro_steps * replicas_here * per_replica)
+        ds = ds.map(lambda i, ex: self._train_example(ex, epoch_seed, i), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(per_replica, drop_remainder=True)
+        if micro_steps is not None:
+            ds = ds.take((micro_steps - skip_micro_steps) * replicas_here)
+        return ds
+
     def eval_dataset_fn(self):
         """The eval dataset function: each worker's slice of the eval split,
-        padded to `eval_steps` steps with examples of weight 0. Yields
-        (images float32 (b, H, W, C), labels int32 (b,), weights float32 (b,)),
-        weights 1 for real examples."""
+        padded to `eval_steps` steps with examples of weight 0, repeated: each
+        run of `eval_steps` steps reads the split once, so one iterator serves
+        every eval. Yields (images float32 (b, H, W, C), labels int32 (b,),
+        weights float32 (b,)), weights 1 for real examples."""
 
         def dataset_fn(context):
             per_replica = context.get_per_replica_batch_size(self.micro_batch_size)
@@ -149,7 +174,7 @@ class InputPipeline:
             padded = self.eval_steps * replicas_here * per_replica
             ds = self._read(split).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
             blank = (tf.zeros(self.info.input_shape, tf.float32), tf.constant(0, tf.int32), tf.constant(0.0))
-            ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padded - count))
+            ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padded - count)).repeat()
             return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
 
         return dataset_fn
@@ -173,5 +198,10 @@ class InputPipeline:
 def _options():
     options = tf.data.Options()
     options.deterministic = True
-    options.autotune.enabled = True
+    # No model-based autotuning: releasing an iterator waits for its
+    # optimization thread, which sleeps up to 60 s between rounds (measured
+    # 2026-12-01: 52 s to release an iterator used for 150 s; 0 s without).
+    # AUTOTUNE then means min(16, threads) parallel calls, and prefetch
+    # buffers still grow on demand (tf.data's prefetch autotuner).
+    options.autotune.enabled = False
     return options

@@ -13,11 +13,12 @@ from mlperf_logging.mllog import constants as mlperf
 
 import keras_lars
 from keras_lars.train import distribution
-from keras_lars.train.checkpoints import Checkpoints
+from keras_lars.train.checkpoints import Checkpoints, check_restart, write_run_config
 from keras_lars.train.controller import Controller, write_json
 from keras_lars.train.errors import TrainerError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline
 from keras_lars.train.mlperf_log import MLPerfLog
+from keras_lars.train.preemption import Preempted
 from keras_lars.train.models import build_model
 from keras_lars.train.steps import Steps
 
@@ -95,9 +96,16 @@ def run(config):
     Raises:
         UsageError: flags that do not fit the data or machine (an unknown
             dataset, a batch larger than the train split, an unwritable
-            output directory, a batch that does not split over the replicas).
+            output directory, a batch that does not split over the replicas),
+            or a restart whose flags differ from the run's saved ones
+            (`checkpoints.RESTART_FLAGS` may change).
         distribution.DistributionError: the strategy cannot run here.
         DataError: a corrupted prepared dataset (the message names the file).
+        CheckpointError: no checkpoint in the output directory can be read
+            (a damaged latest one falls back to the previous kept one).
+        Preempted: a SIGTERM or SIGINT stopped the run after a checkpoint
+            (`summary.json` status "preempted", MLPerf `run_stop` aborted with
+            `preempted_at_step`); the same call resumes.
         DivergenceError: a non-finite loss or non-finite weights; the MLPerf
             log ends with run_stop status "aborted" and `summary.json` says
             why. No checkpoint with a non-finite value is written.
@@ -122,6 +130,7 @@ def run(config):
         with job.pipeline.reading("train"):
             input_rate = _benchmark_input(job) if config.input_benchmark_steps else None
         log.end(mlperf.INIT_STOP)
+        setup_seconds = time.perf_counter() - wall_start
         log.start(mlperf.RUN_START)
         controller = Controller(job)
         try:
@@ -129,16 +138,20 @@ def run(config):
         except TrainerError as e:
             error, results = e, controller.results()
         success = results["target_reached"] or (config.target_accuracy is None and results["completed"])
-        log.end(mlperf.RUN_STOP, status=mlperf.SUCCESS if success and not error else mlperf.ABORTED)
+        preempted = {"preempted_at_step": error.step} if isinstance(error, Preempted) else {}
+        log.end(mlperf.RUN_STOP, status=mlperf.SUCCESS if success and not error else mlperf.ABORTED, **preempted)
     finally:
         log.close()
         keras.mixed_precision.set_dtype_policy(previous_policy)
+    wall_seconds = time.perf_counter() - wall_start
     summary = {
         **results,
+        "wall_time": _wall_time(wall_seconds, setup_seconds, results["wall_time"]),
         "status": _status(results, error),
         "stop_reason": str(error) if error else None,
+        "preemption": error.record if isinstance(error, Preempted) else None,
         "input_images_per_second": input_rate,
-        "wall_seconds": time.perf_counter() - wall_start,
+        "wall_seconds": wall_seconds,
         **setup,
         "config": dataclasses.asdict(config),
     }
@@ -155,7 +168,16 @@ def run(config):
     return summary
 
 
+def _wall_time(wall_seconds, setup_seconds, parts):
+    """`run`'s wall time by part, seconds: "setup" (dataset, model, restore,
+    input benchmark), the controller's `WALL_PARTS`, and "other" (the rest)."""
+    accounted = {"setup": setup_seconds, **parts}
+    return {**accounted, "other": wall_seconds - sum(accounted.values())}
+
+
 def _status(results, error):
+    if isinstance(error, Preempted):
+        return "preempted"
     if error:
         return type(error).__name__
     if results["target_reached"]:
@@ -176,6 +198,7 @@ def _check_writable(output_dir):
 
 
 def _build(config, strategy, chief, log):
+    check_restart(config.output_dir, dataclasses.asdict(config))
     distribution.check_batch(config.global_batch_size, config.gradient_accumulation_steps, strategy)
     policy = distribution.resolve_dtype(config.dtype, strategy)
     distribution.set_precision(policy)
@@ -207,6 +230,8 @@ def _build(config, strategy, chief, log):
     resumed_from = checkpoints.restore_latest()
     if resumed_from:
         print(f"resuming from {resumed_from}")
+    if chief:
+        write_run_config(config.output_dir, dataclasses.asdict(config))
     log.hyperparameters(config, info.train_examples, info.eval_examples, steps_per_epoch,
                         schedule.warmup_steps, schedule.decay_steps)
     steps_per_loop = distribution.resolve_steps_per_loop(config.steps_per_loop, strategy)
