@@ -12,11 +12,12 @@ times) and wall time, each as the trainer / fit ratio, medians over rounds.
 Each does one eval of the test split at the end (fit: `model.evaluate`).
 
 Whole runs minutes apart drift with the machine (0.08 between rounds on a
-2-core machine), so the images/s goal (>= 0.98) is judged on loops taken in
+2-core machine), so the step itself is also compared on loops taken in
 turn: the trainer's device loop (`Steps.train_loop`) and fit's
 (`model.train_function`, which `fit` calls once per `steps_per_execution`
 steps), `--loops` of each alternating on two copies of the model, the
-median loop time of each compared.
+median loop time of each compared. The goal (>= 0.98) is for the whole
+runs' images/s.
 
     python benchmarks/trainer_vs_fit.py [--batch 2048] [--epochs 3] [--rounds 2] [--loops 12]
 """
@@ -137,7 +138,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     trainer_loop, fit_loop = _loops_in_turn(args)
     print(f"loops in turn: trainer {trainer_loop:.2f} s, fit {fit_loop:.2f} s per {args.steps_per_loop} steps; "
-          f"trainer / fit images/s {fit_loop / trainer_loop:.3f} (goal >= 0.98)", flush=True)
+          f"trainer / fit images/s {fit_loop / trainer_loop:.3f}", flush=True)
     rows = []
     for round_ in range(args.rounds):
         trainer, fit = _trainer(args), _fit(args)
@@ -148,7 +149,7 @@ def main(argv=None):
         return
     speed = statistics.median(t[0] / f[0] for t, f in rows)
     wall = statistics.median(t[1] / f[1] for t, f in rows)
-    print(f"whole runs, trainer / fit: images/s {speed:.3f}, wall time {wall:.3f} "
+    print(f"whole runs, trainer / fit: images/s {speed:.3f} (goal >= 0.98), wall time {wall:.3f} "
           f"(ResNet-8, Fashion-MNIST, batch {args.batch}, {args.epochs} epochs, loops of {args.steps_per_loop})")
 
 
