@@ -419,22 +419,22 @@ def parallel(function, tasks, jobs):
     jobs is 1 or there is one task and no processes yet. The processes are
     started once and serve every later call (every claim of a suite): each
     start imports TensorFlow. A task's exception is raised here."""
-    if jobs == 1 or len(tasks) == 0 or (len(tasks) == 1 and not _pools):
+    if jobs == 1 or len(tasks) == 0 or (len(tasks) == 1 and not _POOL):
         return [function(task) for task in tasks]
     return list(_pool(jobs).imap(function, tasks, chunksize=1))
 
 
-_pools = {}
+_POOL = []  # the suite's one process pool, started on first use
 
 
 def _pool(jobs):
-    if not _pools:
+    if not _POOL:
         import atexit
         import multiprocessing
 
-        _pools[jobs] = multiprocessing.get_context("spawn").Pool(jobs)
-        atexit.register(_pools[jobs].terminate)
-    return next(iter(_pools.values()))
+        _POOL.append(multiprocessing.get_context("spawn").Pool(jobs))
+        atexit.register(_POOL[0].terminate)
+    return _POOL[0]
 
 
 def _run_task(task):
