@@ -16,7 +16,13 @@ computation (per layer the cheaper of ghost norm and materialized per-example
 gradients) as a fraction of the model's forward + backward multiply-adds.
 "stats" rows: the same optimizers with `layer_statistics=True`.
 
-    python benchmarks/clars_step.py [--rounds 7] [--with-224]
+`--per-layer` says per layer where the time goes: for each Conv2D and Dense
+layer of the model at the configuration's batch, the per-example norm kernel
+CLARS runs there (the cheaper method by multiply-adds) against the layer's own
+kernel gradient (the backend's autodiff of the same convolution or matmul, the
+same multiply-adds as materializing), each compiled alone and timed in turn.
+
+    python benchmarks/clars_step.py [--rounds 7] [--with-224] [--per-layer]
 """
 
 import argparse
@@ -31,9 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
 
 import keras_lars  # noqa: E402
-from keras_lars.per_example_norms import choose_method  # noqa: E402
+from keras_lars.per_example_norms import choose_method, conv_squared_norms, dense_squared_norms  # noqa: E402
 from keras_lars.train.models import build_model  # noqa: E402
 
 CONFIGS = {
@@ -134,11 +141,90 @@ def bench(label, rounds):
     )
 
 
+def _compiled(fn):
+    if JAX:
+        import jax
+
+        jitted = jax.jit(fn)
+        return lambda *args: jitted(*args).block_until_ready()
+    import tensorflow as tf
+
+    traced = tf.function(fn)
+    return lambda *args: traced(*args).numpy()
+
+
+def _kernel_gradient(layer):
+    """fn(a, d) -> sum of dL/dkernel for z = conv_or_matmul(a, kernel), dL/dz = d."""
+    kernel = ops.convert_to_numpy(layer.kernel)
+
+    def forward(a, k):
+        return layer.convolution_op(a, k) if isinstance(layer, keras.layers.Conv2D) else ops.matmul(a, k)
+
+    if JAX:
+        import jax
+
+        return lambda a, d: jax.numpy.sum(jax.vjp(lambda k: forward(a, k), kernel)[1](d)[0])
+    import tensorflow as tf
+
+    def gradient(a, d):
+        k = tf.constant(kernel)
+        with tf.GradientTape() as tape:
+            tape.watch(k)
+            z = forward(a, k)
+        return tf.reduce_sum(tape.gradient(z, k, output_gradients=d))
+
+    return gradient
+
+
+def _norm_kernel(layer):
+    if isinstance(layer, keras.layers.Conv2D):
+        return lambda a, d: conv_squared_norms(a, d, layer.kernel_size, layer.strides, layer.dilation_rate,
+                                               layer.padding, layer.groups)[0]
+    return lambda a, d: dense_squared_norms(a, d)[0]
+
+
+def per_layer(label, rounds):
+    name, input_shape, classes, batch = CONFIGS[label]
+    keras.utils.set_random_seed(0)
+    model = build_model(name, classes, input_shape)
+    rng = np.random.default_rng(0)
+    totals = [0.0, 0.0]
+    print(f"{label}: per-example norm kernel vs the layer's own kernel gradient, median ms of {rounds}")
+    for layer in model._flatten_layers(include_self=False):
+        if type(layer) not in (keras.layers.Conv2D, keras.layers.Dense):
+            continue
+        a = ops.convert_to_tensor(rng.normal(size=(batch,) + tuple(layer.input.shape[1:])).astype("float32"))
+        d = ops.convert_to_tensor(rng.normal(size=(batch,) + tuple(layer.output.shape[1:])).astype("float32"))
+        calls = [_compiled(_norm_kernel(layer)), _compiled(_kernel_gradient(layer))]
+        times = [[], []]
+        for call in calls:
+            call(a, d)  # trace
+        for _ in range(rounds):
+            for i, call in enumerate(calls):
+                start = time.perf_counter()
+                call(a, d)
+                times[i].append(time.perf_counter() - start)
+        norm, grad = (statistics.median(t) * 1e3 for t in times)
+        totals[0] += norm
+        totals[1] += grad
+        out_shape = layer.output.shape
+        positions = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1
+        k = math.prod(getattr(layer, "kernel_size", (1,)))
+        method = choose_method("auto", positions, k, layer.input.shape[-1], out_shape[-1]) if positions > 1 else "flat"
+        strides = getattr(layer, "strides", (1,))
+        print(f"  {layer.name:24s} in {tuple(layer.input.shape[1:])!s:15s} out {tuple(out_shape[1:])!s:15s} "
+              f"stride {strides[0]} {method:11s} norms {norm:7.2f} ms  kernel gradient {grad:6.2f} ms  "
+              f"ratio {norm / grad:5.2f}", flush=True)
+    print(f"  all layers: norms {totals[0]:.1f} ms, kernel gradients {totals[1]:.1f} ms, "
+          f"ratio {totals[0] / totals[1]:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--with-224", action="store_true", help="also ResNet-50 at 224x224 (minutes on 2 CPU cores)")
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations only")
+    parser.add_argument("--per-layer", action="store_true", help="per layer: norm kernel vs kernel gradient")
     args = parser.parse_args()
     if JAX:
         import jax
@@ -151,7 +237,7 @@ def main():
               f"{[d.name for d in tf.config.list_logical_devices()]}")
     labels = args.only or list(CONFIGS)[:3] + (list(CONFIGS)[3:] if args.with_224 else [])
     for label in labels:
-        bench(label, args.rounds)
+        (per_layer if args.per_layer else bench)(label, args.rounds)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ arXiv:2205.10683), chosen per layer from the shapes by `choose_method`:
 
 T: output positions per example, K: kernel positions. Everything is computed
 in float32 (float64 inputs stay float64). Plain tensor code: `keras.ops`,
-numpy-style strided slicing, and on TensorFlow a control dependency that
-copies one kernel offset's input window at a time (peak memory: 4.3x -> 2.0x
-of LARS's step on ResNet-20 at batch 256).
+numpy-style slicing (a strided layer's input split once into its phases, so
+that every kernel offset's window is a unit-stride slice), and on TensorFlow
+a control dependency that copies one kernel offset's input window at a time
+(peak memory: 4.3x -> 2.0x of LARS's step on ResNet-20 at batch 256).
 """
 
 import itertools
@@ -135,13 +136,18 @@ def conv_squared_norms(a, d, kernel_size, strides, dilation_rate, padding, group
     d_groups = ops.reshape(d, (-1, positions, groups, c_out // groups))
     bias = ops.sum(ops.square(ops.sum(d, axis=tuple(range(1, rank + 1)))), axis=-1)
     ghost = choose_method(method, positions, math.prod(kernel_size), c_in, c_out, groups) == "ghost"
+    windows = _Windows(a, dilation_rate, spatial_out, strides)
     total = None
     for offset in itertools.product(*(range(k) for k in kernel_size)):
         with _after(total):
-            term = _offset_term(a, d_groups, offset, dilation_rate, spatial_out, strides, positions, groups, c_in, ghost)
+            patch = ops.reshape(windows.at(offset), (-1, positions, groups, c_in // groups))
+            term = _offset_term(patch, d_groups, groups, ghost)
         total = term if total is None else total + term
     if ghost:
-        gram_d = ops.einsum("btgo,bsgo->bgts", d_groups, d_groups)
+        if groups == 1:
+            gram_d = ops.einsum("bto,bso->bts", d_groups[:, :, 0], d_groups[:, :, 0])[:, None]
+        else:
+            gram_d = ops.einsum("btgo,bsgo->bgts", d_groups, d_groups)
         total = ops.sum(total * gram_d, axis=(1, 2, 3))
     return total, bias
 
@@ -158,17 +164,60 @@ def _after(tensor):
     return tf.control_dependencies([tensor])
 
 
-def _offset_term(a, d_groups, offset, dilation_rate, spatial_out, strides, positions, groups, c_in, ghost):
-    """One kernel offset's share: its Gram matrix of input windows (ghost), or
-    the squared norm of its slice of the per-example gradients (materialize)."""
-    window = tuple(
-        slice(o * dil, o * dil + (n - 1) * s + 1, s)
-        for o, dil, n, s in zip(offset, dilation_rate, spatial_out, strides)
-    )
-    patch = ops.reshape(a[(slice(None),) + window], (-1, positions, groups, c_in // groups))
+class _Windows:
+    """The input window each kernel offset sees, as a unit-stride slice.
+
+    A strided window copied straight from the input is a slow gather (on
+    TensorFlow's CPU kernels 4-5x a unit-stride copy of the same size), so
+    along a strided axis the input is first split once into its `stride`
+    phases (every s-th position from r = 0..s-1); offset o's window is then
+    a contiguous run of phase (o * dilation) mod s.
+    """
+
+    def __init__(self, a, dilation_rate, spatial_out, strides):
+        self.dilation_rate = dilation_rate
+        self.spatial_out = spatial_out
+        self.strides = strides
+        if all(s == 1 for s in strides):
+            self.phases = a
+            return
+        # Pad each axis to a multiple of its stride, then (B, n0, s0, n1, s1,
+        # ..., C) -> (B, s0, s1, ..., n0, n1, ..., C): one transpose, after
+        # which a phase is a contiguous block.
+        spatial = a.shape[1:-1]
+        extra = [(-n) % s for n, s in zip(spatial, strides)]
+        if any(extra):
+            a = ops.pad(a, [(0, 0)] + [(0, e) for e in extra] + [(0, 0)])
+        rank = len(strides)
+        split = []
+        for n, e, s in zip(spatial, extra, strides):
+            split += [(n + e) // s, s]
+        a = ops.reshape(a, (-1,) + tuple(split) + (a.shape[-1],))
+        order = (0,) + tuple(2 + 2 * j for j in range(rank)) + tuple(1 + 2 * j for j in range(rank)) + (2 * rank + 1,)
+        self.phases = ops.transpose(a, order)
+
+    def _phase(self, residues):
+        if all(s == 1 for s in self.strides):
+            return self.phases
+        return self.phases[(slice(None),) + tuple(residues)]
+
+    def at(self, offset):
+        starts = [o * dil for o, dil in zip(offset, self.dilation_rate)]
+        phase = self._phase(tuple(start % s for start, s in zip(starts, self.strides)))
+        window = tuple(slice(start // s, start // s + n) for start, s, n in zip(starts, self.strides, self.spatial_out))
+        return phase[(slice(None),) + window]
+
+
+def _offset_term(patch, d_groups, groups, ghost):
+    """One kernel offset's share, from its input window `patch` (B, T, groups,
+    C_in / groups): its Gram matrix of input windows (ghost), or the squared
+    norm of its slice of the per-example gradients (materialize)."""
+    if groups == 1:
+        # Without the group axis the einsums are batched matmuls, no transposes (3x faster).
+        patch = patch[:, :, 0]
+        if ghost:
+            return ops.einsum("btc,bsc->bts", patch, patch)[:, None]
+        return ops.sum(ops.square(ops.einsum("btc,bto->bco", patch, d_groups[:, :, 0])), axis=(1, 2))
     if ghost:
         return ops.einsum("btgc,bsgc->bgts", patch, patch)
-    if groups == 1:
-        # Without the group axis the einsum is one batched matmul, no transposes (3x faster).
-        return ops.sum(ops.square(ops.einsum("btc,bto->bco", patch[:, :, 0], d_groups[:, :, 0])), axis=(1, 2))
     return ops.sum(ops.square(ops.einsum("btgc,btgo->bgco", patch, d_groups)), axis=(1, 2, 3))

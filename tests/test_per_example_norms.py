@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras_lars
 from backends import per_example_gradients, tensorflow_only
-from keras_lars.per_example_norms import choose_method
+from keras_lars.per_example_norms import choose_method, conv_squared_norms
 
 L = keras.layers
 B = 6
@@ -227,6 +227,58 @@ def test_method_choice_follows_the_cost_model():
     # Early layer (28x28 output, 16 channels): materializing is cheaper.
     assert choose_method("auto", 784, 9, 16, 16) == "materialize"
     assert choose_method("ghost", 784, 9, 16, 16) == "ghost"
+
+
+def _numpy_conv_squared_norms(a, d, kernel_size, strides, dilation, pads, groups):
+    """||G_i||^2 and ||sum_t d_i,t||^2 by the definition, one example, offset
+    and output position at a time (float64)."""
+    a = np.pad(a.astype(np.float64), [(0, 0)] + list(pads) + [(0, 0)])
+    d = d.astype(np.float64)
+    c_in, c_out = a.shape[-1] // groups, d.shape[-1] // groups
+    kernel = np.zeros((len(a),) + tuple(kernel_size) + (c_in, d.shape[-1]))
+    for offset in np.ndindex(*kernel_size):
+        for position in np.ndindex(*d.shape[1:-1]):
+            index = tuple(p * s + o * r for p, s, o, r in zip(position, strides, offset, dilation))
+            for g in range(groups):
+                patch = a[(slice(None),) + index + (slice(g * c_in, (g + 1) * c_in),)]
+                grad = d[(slice(None),) + position + (slice(g * c_out, (g + 1) * c_out),)]
+                kernel[(slice(None),) + offset + (slice(None), slice(g * c_out, (g + 1) * c_out))] += (
+                    patch[:, :, None] * grad[:, None, :])
+    return np.sum(kernel.reshape(len(a), -1) ** 2, axis=1), np.sum(d.sum(axis=(1, 2)) ** 2, axis=1)
+
+
+# (input size, kernel, strides, dilation, padding, groups): strides above 1
+# take a window from one of the input's phases (`per_example_norms._Windows`),
+# with dilations and strides that Keras's layers never combine.
+CONV_GEOMETRIES = [
+    ((9, 8), (3, 3), (2, 2), (1, 1), "same", 1),
+    ((11, 10), (3, 2), (3, 2), (2, 1), "valid", 1),
+    ((10, 9), (4, 3), (2, 3), (3, 2), "same", 2),
+    ((7, 7), (1, 1), (2, 2), (1, 1), "valid", 1),
+    ((8, 9), (2, 2), (2, 4), (1, 1), "same", 1),
+]
+
+
+@pytest.mark.parametrize("method", ["ghost", "materialize"])
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=str)
+def test_conv_squared_norms_match_the_definition(geometry, method):
+    size, kernel_size, strides, dilation, padding, groups = geometry
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3,) + size + (4,)).astype("float32")
+    reach = [(k - 1) * r + 1 for k, r in zip(kernel_size, dilation)]
+    if padding == "same":
+        out = [-(-n // s) for n, s in zip(size, strides)]
+        total = [max((o - 1) * s + k - n, 0) for o, s, k, n in zip(out, strides, reach, size)]
+        pads = [(t // 2, t - t // 2) for t in total]
+    else:
+        out = [(n - k) // s + 1 for n, k, s in zip(size, reach, strides)]
+        pads = [(0, 0)] * 2
+    d = rng.normal(size=(3,) + tuple(out) + (6,)).astype("float32")
+    kernel, bias = conv_squared_norms(keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(d), kernel_size,
+                                      strides, dilation, padding, groups, method)
+    expected_kernel, expected_bias = _numpy_conv_squared_norms(a, d, kernel_size, strides, dilation, pads, groups)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), expected_kernel, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), expected_bias, rtol=1e-5)
 
 
 class _Scale(L.Layer):
