@@ -2,7 +2,8 @@
 kernels for the same numbers, per layer shape (not a test).
 
 - "offsets" (keras_lars's materialized path): per kernel offset, a copied
-  input window and one batched matmul, squares summed.
+  unit-stride input window (of one of the input's phases, for a strided
+  layer) and one batched matmul, squares summed.
 - "im2col": all offsets' windows concatenated, one batched matmul with
   K * C_in rows (fewer, larger matmuls; K times the input in memory).
 - "grouped": the per-example weight gradients as one depthwise convolution

@@ -165,21 +165,24 @@ def _after(tensor):
 
 
 class _Windows:
-    """The input window each kernel offset sees, as a unit-stride slice.
+    """The input window each kernel offset sees.
 
-    A strided window copied straight from the input is a slow gather (on
-    TensorFlow's CPU kernels 4-5x a unit-stride copy of the same size), so
-    along a strided axis the input is first split once into its `stride`
-    phases (every s-th position from r = 0..s-1); offset o's window is then
-    a contiguous run of phase (o * dilation) mod s.
+    On TensorFlow a strided window copied straight from the input is a slow
+    gather (a strided layer's norms took 2.3-2.9x as long on ResNet shapes),
+    so along a strided axis the input is first split once into its `stride`
+    phases (every s-th position from r = 0..s-1, by one transpose); offset
+    o's window is then a contiguous run of phase (o * dilation) mod s. XLA
+    fuses strided slices into their consumers, so on JAX the split would
+    only add a copy: there windows are strided slices of the input.
     """
 
     def __init__(self, a, dilation_rate, spatial_out, strides):
         self.dilation_rate = dilation_rate
         self.spatial_out = spatial_out
         self.strides = strides
-        if all(s == 1 for s in strides):
-            self.phases = a
+        self.split = keras.backend.backend() == "tensorflow" and any(s > 1 for s in strides)
+        if not self.split:
+            self.a = a
             return
         # Pad each axis to a multiple of its stride, then (B, n0, s0, n1, s1,
         # ..., C) -> (B, s0, s1, ..., n0, n1, ..., C): one transpose, after
@@ -189,21 +192,19 @@ class _Windows:
         if any(extra):
             a = ops.pad(a, [(0, 0)] + [(0, e) for e in extra] + [(0, 0)])
         rank = len(strides)
-        split = []
+        shape = []
         for n, e, s in zip(spatial, extra, strides):
-            split += [(n + e) // s, s]
-        a = ops.reshape(a, (-1,) + tuple(split) + (a.shape[-1],))
+            shape += [(n + e) // s, s]
+        a = ops.reshape(a, (-1,) + tuple(shape) + (a.shape[-1],))
         order = (0,) + tuple(2 + 2 * j for j in range(rank)) + tuple(1 + 2 * j for j in range(rank)) + (2 * rank + 1,)
         self.phases = ops.transpose(a, order)
 
-    def _phase(self, residues):
-        if all(s == 1 for s in self.strides):
-            return self.phases
-        return self.phases[(slice(None),) + tuple(residues)]
-
     def at(self, offset):
         starts = [o * dil for o, dil in zip(offset, self.dilation_rate)]
-        phase = self._phase(tuple(start % s for start, s in zip(starts, self.strides)))
+        if not self.split:
+            return self.a[(slice(None),) + tuple(
+                slice(start, start + (n - 1) * s + 1, s) for start, s, n in zip(starts, self.strides, self.spatial_out))]
+        phase = self.phases[(slice(None),) + tuple(start % s for start, s in zip(starts, self.strides))]
         window = tuple(slice(start // s, start // s + n) for start, s, n in zip(starts, self.strides, self.spatial_out))
         return phase[(slice(None),) + window]
 
