@@ -18,9 +18,9 @@ arXiv:2205.10683), chosen per layer from the shapes by `choose_method`:
 
 T: output positions per example, K: kernel positions. Everything is computed
 in float32 (float64 inputs stay float64). Plain tensor code: `keras.ops`,
-numpy-style slicing (a strided layer's input split once into its phases, so
-that every kernel offset's window is a unit-stride slice), and on TensorFlow
-a control dependency that copies one kernel offset's input window at a time
+numpy-style slicing (on TensorFlow a strided layer's input is split once
+into its phases, so that every kernel offset's window is a unit-stride
+slice), and on TensorFlow a control dependency that copies one kernel offset's input window at a time
 (peak memory: 4.3x -> 2.0x of LARS's step on ResNet-20 at batch 256).
 """
 
@@ -168,7 +168,7 @@ class _Windows:
     """The input window each kernel offset sees.
 
     On TensorFlow a strided window copied straight from the input is a slow
-    gather (a strided layer's norms took 2.3-2.9x as long on ResNet shapes),
+    gather (ResNet-20's strided layers' norms took 3.2-3.3x as long),
     so along a strided axis the input is first split once into its `stride`
     phases (every s-th position from r = 0..s-1, by one transpose); offset
     o's window is then a contiguous run of phase (o * dilation) mod s. XLA
