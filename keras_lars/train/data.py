@@ -1,6 +1,8 @@
 """TFDS builders: ImageNet from its manual_dir tars, Fashion-MNIST offline from Debian's files."""
 
+import contextlib
 import difflib
+import fcntl
 import gzip
 import os
 import re
@@ -122,14 +124,34 @@ def get_builder(name, data_dir=None, manual_dir=None):
         ) from None
     if builder.is_prepared():
         return builder
-    if name == "fashion_mnist" and os.path.isdir(DEBIAN_FASHION_MNIST_DIR):
-        prepare_fashion_mnist_from_local(builder.data_dir_root)
-        return tfds.builder(name, data_dir=data_dir)
-    if name == "imagenet2012":
-        check_imagenet_manual_dir(manual_dir)
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
-    builder.download_and_prepare(download_config=download_config)
-    return builder
+    with _preparing(builder.data_dir_root, name):
+        builder = tfds.builder(name, data_dir=data_dir)
+        if builder.is_prepared():  # another process prepared it while this one waited
+            return builder
+        if name == "fashion_mnist" and os.path.isdir(DEBIAN_FASHION_MNIST_DIR):
+            prepare_fashion_mnist_from_local(builder.data_dir_root)
+            return tfds.builder(name, data_dir=data_dir)
+        if name == "imagenet2012":
+            check_imagenet_manual_dir(manual_dir)
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+        builder.download_and_prepare(download_config=download_config)
+        return builder
+
+
+@contextlib.contextmanager
+def _preparing(data_dir_root, name):
+    """Holds an exclusive lock on `name` in `data_dir_root` while preparing:
+    TFDS writes into one `incomplete.*` directory per version, so two
+    processes preparing at once (the workers of a multi-worker run on one
+    host, an experiment's process pool, two trainers) break each other's
+    writes ("Failed to finalize writing of split"). The second waits."""
+    os.makedirs(data_dir_root, exist_ok=True)
+    with open(os.path.join(data_dir_root, f".{name}.prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def corrupted_files(paths):
