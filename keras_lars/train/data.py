@@ -144,7 +144,11 @@ def _preparing(data_dir_root, name):
     TFDS writes into one `incomplete.*` directory per version, so two
     processes preparing at once (the workers of a multi-worker run on one
     host, an experiment's process pool, two trainers) break each other's
-    writes ("Failed to finalize writing of split"). The second waits."""
+    writes ("Failed to finalize writing of split"). The second waits. A
+    remote data dir (gs://...) gets no lock: fcntl locks only local files."""
+    if "://" in str(data_dir_root):
+        yield
+        return
     os.makedirs(data_dir_root, exist_ok=True)
     with open(os.path.join(data_dir_root, f".{name}.prepare.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
