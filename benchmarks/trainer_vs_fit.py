@@ -6,9 +6,12 @@ optimizer (LARS with the trainer's warmup + polynomial decay schedule) and
 loss, on the default strategy, float32, XLA off (the trainer's choice on CPU;
 `fit(jit_compile=False)`), in one process: the trainer (`keras_lars.train`'s
 `run`, loops of `--steps-per-loop`) and `fit` (`steps_per_execution` the same)
-take turns, `--rounds` times. Reported: training images/s after each one's
-first epoch (the trainer's `train_images_per_second`; fit's from its epoch
-times) and wall time, each as the trainer / fit ratio, medians over rounds.
+take turns, `--rounds` times, alternating which goes first. Reported:
+training images/s over every device loop but the first, which traces (the
+trainer's `train_images_per_second`; fit's from the time and the optimizer
+steps of each `train_function` call), and wall time, each as the trainer /
+fit ratio, medians over rounds. Both timings include the epoch boundaries
+crossed after the first loop; neither includes the host work between loops.
 Each does one eval of the test split at the end (fit: `model.evaluate`).
 
 Whole runs minutes apart drift with the machine (0.08 between rounds on a
@@ -55,16 +58,23 @@ def _trainer(args):
         return summary["train_images_per_second"], time.perf_counter() - start
 
 
-class _EpochTimes(keras.callbacks.Callback):
+class _ExecutionTimes(keras.callbacks.Callback):
+    """Seconds and optimizer steps of each `train_function` call (`fit` calls
+    the batch hooks once per `steps_per_execution`). Steps are counted, not
+    assumed: with 29 steps per epoch and executions of 10, `fit` runs 10,
+    10, 10 (the third crosses into the next epoch) and ends with 8."""
+
     def __init__(self):
         super().__init__()
-        self.seconds = []
+        self.seconds, self.steps = [], []
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
+        self._iterations = int(self.model.optimizer.iterations.numpy())
         self._start = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+        self.steps.append(int(self.model.optimizer.iterations.numpy()) - self._iterations)
 
 
 def _fit(args):
@@ -82,10 +92,11 @@ def _fit(args):
     optimizer, _ = build_optimizer(config, steps, model.trainable_variables)
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"],
                   jit_compile=False, steps_per_execution=args.steps_per_loop)
-    times = _EpochTimes()
+    times = _ExecutionTimes()
     model.fit(train, epochs=config.epochs, steps_per_epoch=steps, callbacks=[times], verbose=0)
     model.evaluate(pipeline.eval_dataset_fn()(context), steps=pipeline.eval_steps, verbose=0)  # repeats: one pass
-    rate = steps * config.global_batch_size * (config.epochs - 1) / sum(times.seconds[1:])
+    # As the trainer's rate: every call but the first (which traces).
+    rate = sum(times.steps[1:]) * config.global_batch_size / sum(times.seconds[1:])
     return rate, time.perf_counter() - start
 
 
@@ -141,7 +152,12 @@ def main(argv=None):
           f"trainer / fit images/s {fit_loop / trainer_loop:.3f}", flush=True)
     rows = []
     for round_ in range(args.rounds):
-        trainer, fit = _trainer(args), _fit(args)
+        if round_ % 2:  # the machine drifts: each goes first in turn
+            fit = _fit(args)
+            trainer = _trainer(args)
+        else:
+            trainer = _trainer(args)
+            fit = _fit(args)
         rows.append((trainer, fit))
         print(f"round {round_ + 1}: trainer {trainer[0]:.0f} img/s, wall {trainer[1]:.1f} s; "
               f"fit {fit[0]:.0f} img/s, wall {fit[1]:.1f} s", flush=True)

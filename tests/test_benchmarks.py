@@ -1,6 +1,7 @@
-"""benchmarks/accelerator.py --tiny on this CPU: the script that measures
-SGD, LARS and CLARS on a GPU runs end to end, checks its numerics and
-writes its figures (the GPU numbers themselves are in the README)."""
+"""The benchmark scripts: benchmarks/accelerator.py --tiny on this CPU (the
+script that measures SGD, LARS and CLARS on a GPU runs end to end, checks
+its numerics and writes its figures; the GPU numbers themselves are in the
+README), and what benchmarks/trainer_vs_fit.py counts of `fit`."""
 
 import json
 import os
@@ -43,3 +44,29 @@ def test_accelerator_benchmark_refuses_another_backend():
     result = subprocess.run([sys.executable, "benchmarks/accelerator.py", "--tiny"], cwd=ROOT, capture_output=True,
                             text=True, timeout=300, env=dict(os.environ, KERAS_BACKEND="tensorflow"))
     assert result.returncode != 0 and "runs on Keras's JAX backend" in result.stderr
+
+
+def test_trainer_vs_fit_counts_the_steps_fit_runs():
+    """benchmarks/trainer_vs_fit.py times `fit` per `train_function` call and
+    counts its optimizer steps: with 29 steps per epoch and executions of 10,
+    Keras runs 10, 10, 10 (the third reaches into the next epoch's data) and
+    then 10, 10, 8 where the data ends. Counting 29 per epoch overstated fit's
+    images/s by 29/28 on 2 epochs (the trainer / fit ratio read 0.92)."""
+    import importlib.util
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    path = os.path.join(ROOT, "benchmarks", "trainer_vs_fit.py")
+    spec = importlib.util.spec_from_file_location("trainer_vs_fit", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x = np.random.default_rng(0).standard_normal((58 * 4, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, x[:, :1])).batch(4)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", steps_per_execution=10)
+    times = module._ExecutionTimes()
+    model.fit(data, epochs=2, steps_per_epoch=29, callbacks=[times], verbose=0)
+    assert times.steps == [10, 10, 10, 10, 10, 8]
+    assert len(times.seconds) == 6 and all(s > 0 for s in times.seconds)
