@@ -10,6 +10,8 @@ import re
 
 import keras
 
+from keras_lars import _compat
+
 
 def maybe_jit(fn, enabled):
     """Returns `fn` compiled with XLA on the TensorFlow backend when `enabled`.
@@ -182,7 +184,7 @@ def variable_scope_of(model):
     `tf.distribute` strategy's scope on TensorFlow), for creating more."""
     import contextlib
 
-    strategy = getattr(model, "_distribute_strategy", None)
+    strategy = _compat.distribute_strategy(model)
     if keras.backend.backend() != "tensorflow" or strategy is None:
         return contextlib.nullcontext()
     return strategy.scope()

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_lars import _backend, _probes
+from keras_lars import _backend, _compat, _probes
 from keras_lars.lars import LARS, STATISTICS
 
 #: What CLARS's `layer_statistics=True` records after LARS's `STATISTICS`:
@@ -137,7 +137,7 @@ class CLARS(LARS):
             with keras.name_scope(self.name, caller=self):
                 self.build(list(trainable_variables))
             self.built = True
-        variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
+        variables = _compat.optimizer_variables(self) if trainable_variables is None else list(trainable_variables)
         probes = [(g, v) for g, v in zip(grads, variables) if _probes.is_probe(v)]
         rest = [(g, v) for g, v in zip(grads, variables) if not _probes.is_probe(v)]
         self._accumulate_norm_sums(probes, rest)
@@ -173,7 +173,7 @@ class CLARS(LARS):
         zero = ops.zeros((3,), "float32")
         by_position = [None] * len(self._norm_positions)
         for index, position in self._norm_positions.items():
-            by_position[position] = rows.get(id(self._trainable_variables[index]), zero)
+            by_position[position] = rows.get(id(_compat.optimizer_variables(self)[index]), zero)
         table = _backend.all_reduce_sum(ops.stack(by_position))
         self.per_example_norm_sums.assign_add(table[:, 0])
         if self.per_example_squared_norm_sums is not None:

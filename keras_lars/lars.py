@@ -5,6 +5,7 @@ import functools
 import keras
 from keras import ops
 
+from keras_lars import _compat
 from keras_lars._validation import check_number
 from keras_lars._probes import is_probe
 from keras_lars._backend import colocated_with, dense_gradient, fast_norm, maybe_jit, variable_path
@@ -343,11 +344,9 @@ class LARS(keras.optimizers.Optimizer):
             probes: the probe variables, `PerExampleNorms.probes`.
         """
         for probe in probes:
-            key = self._var_key(probe)
-            if key in self._trainable_variables_indices:
+            if _compat.optimizer_knows(self, probe):
                 continue
-            self._trainable_variables_indices[key] = len(self._trainable_variables)
-            self._trainable_variables.append(probe)
+            _compat.append_optimizer_variable(self, probe)
             for name in ("momentums", "layer_statistics_variables", "_accumulated_gradients",
                          "_model_variables_moving_average"):
                 slots = getattr(self, name, None)

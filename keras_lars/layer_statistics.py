@@ -20,6 +20,7 @@ import re
 import keras
 import numpy as np
 
+from keras_lars import _compat
 from keras_lars._backend import variable_path
 
 #: The file `LayerStatisticsLogger` and the trainer append rows to.
@@ -95,7 +96,7 @@ def read(optimizer, step=None):
     inner = _lars_optimizer(optimizer)
     if not inner.built:
         raise ValueError("The optimizer is not built yet (no step has been taken): no statistics to read.")
-    kept = [(v, s) for v, s in zip(inner._trainable_variables, inner.layer_statistics_variables) if s is not None]
+    kept = [(v, s) for v, s in zip(_compat.optimizer_variables(inner), inner.layer_statistics_variables) if s is not None]
     table = np.stack([np.asarray(keras.ops.convert_to_numpy(s)) for _, s in kept])
     variables = [v for v, _ in kept]
     return LayerStatistics(

@@ -54,7 +54,7 @@ import math
 import keras
 from keras import ops
 
-from keras_lars import _backend, _probes
+from keras_lars import _backend, _compat, _probes
 from keras_lars._probes import is_probe  # noqa: F401 (public: tell probes from weights)
 from keras_lars.per_example_norms import METHODS, conv_squared_norms, dense_squared_norms
 
@@ -77,7 +77,7 @@ class LayerRule:
             pass (e.g. the layer input), each with the batch on axis 0.
         squared_norms: `squared_norms(layer, residuals, d, method) -> tuple`
             of float32 (B,) tensors, ||c_i||^2 for each of the layer's own
-            trainable variables (`layer._trainable_variables`, in order),
+            trainable variables (`_compat.own_trainable_variables(layer)`),
             with keras.ops only (it runs on both backends). `method` is
             "ghost", "materialize" or "auto" (`per_example_norms.METHODS`).
     """
@@ -172,7 +172,7 @@ def _conv_forward(layer, tap, inputs):
     if layer.padding == "causal":
         # Conv1D's own causal path: pad on the left, then a valid convolution.
         x = ops.conv(
-            ops.pad(inputs, layer._compute_causal_padding()),
+            ops.pad(inputs, _compat.causal_padding(layer)),
             layer.kernel,
             strides=list(layer.strides),
             padding="valid",
@@ -386,9 +386,9 @@ def _last_layer(model):
     saved: the last top-level layer, entering nested models."""
     layer = model
     while isinstance(layer, keras.Model):
-        if not layer._layers:
+        if not _compat.sub_layers(layer):
             raise ValueError(f"Model {layer.name!r} has no layers to tap.")
-        layer = layer._layers[-1]
+        layer = _compat.sub_layers(layer)[-1]
     return layer
 
 
@@ -404,7 +404,7 @@ class _LayerTap:
         self.variables = variables
         self.attachment = attachment
         self.probe = probe
-        own = [id(v) for v in layer._trainable_variables]
+        own = [id(v) for v in _compat.own_trainable_variables(layer)]
         self._rows = [own.index(id(v)) if id(v) in own else None for v in variables]
 
     def install(self):
@@ -460,11 +460,13 @@ class PerExampleNorms:
             by_layer.setdefault(id(layer), (layer, rule, []))[2].append(variable)
         if unsupported:
             raise ValueError(_unsupported_message(unsupported))
-        shared = [layer.name for layer, _, _ in by_layer.values() if len(getattr(layer, "_inbound_nodes", ())) > 1]
+        calls = _compat.layer_calls(model)
+        shared = [f"{layer.name} ({calls[id(layer)]} calls)" for layer, _, _ in by_layer.values()
+                  if calls[id(layer)] > 1]
         if shared:
             raise ValueError(
-                f"Layers {shared} are called more than once in model {model.name!r} (shared layers); "
-                "per-example norms support one call per step. Exclude their variables from layer "
+                f"Layers {shared} are called more than once per call of model {model.name!r} (shared "
+                "layers); per-example norms support one call per step. Exclude their variables from layer "
                 "adaptation or untie the layers."
             )
         reuse = reuse or {}
@@ -484,7 +486,7 @@ class PerExampleNorms:
                 elif probe is None or _probes.targets(probe) != tuple(tracked) or probe.shape[1] != self.width:
                     probe = self._holder.add_probe(tracked, self.width, f"{layer.name}_per_example_norms")
                 else:
-                    self._holder._track_variable(probe)
+                    _compat.track_variable(self._holder, probe)
                 self.taps.append(_LayerTap(layer, rule, tracked, self, probe))
 
     @property
@@ -500,8 +502,8 @@ class PerExampleNorms:
     def install(self, forget_compiled=True):
         for tap in self.taps:
             tap.install()
-        if self._holder is not None and self._holder not in self._host._layers:
-            self._host._layers.append(self._holder)
+        if self._holder is not None and self._holder not in _compat.sub_layers(self._host):
+            _compat.sub_layers(self._host).append(self._holder)
         object.__setattr__(self.model, _ATTACHMENT, self)
         if forget_compiled:
             _forget_compiled_functions(self.model)
@@ -517,8 +519,8 @@ class PerExampleNorms:
         """
         for tap in self.taps:
             tap.remove()
-        if self._holder is not None and self._holder in self._host._layers:
-            self._host._layers.remove(self._holder)
+        if self._holder is not None and self._holder in _compat.sub_layers(self._host):
+            _compat.sub_layers(self._host).remove(self._holder)
         if self.model.__dict__.get(_ATTACHMENT) is self:
             object.__delattr__(self.model, _ATTACHMENT)
         if forget_compiled:
@@ -599,7 +601,7 @@ def _vectorized_rule(layer):
         inputs, values = residuals
         return _backend.vectorized_squared_norms(original_call, variables, values, inputs, dy)
 
-    own = [id(v) for v in layer._trainable_variables]
+    own = [id(v) for v in _compat.own_trainable_variables(layer)]
     if [id(v) for v in variables] != own:
         raise ValueError(
             f"The vectorized per-example fallback taps a layer's own variables; layer {layer.name!r} "
@@ -610,8 +612,8 @@ def _vectorized_rule(layer):
 
 def _owners(model):
     owners = {}
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for variable in layer._trainable_variables:
+    for layer in _compat.all_layers(model):
+        for variable in _compat.own_trainable_variables(layer):
             owners[id(variable)] = layer
     return owners
 
@@ -735,8 +737,7 @@ def _attach(model, variables, method, sub_batch_size, unsupported_layers, check_
         # E.g. a model restored by `keras.models.load_model`: CLARS appends
         # the probes (no state of their own) after the variables it knows.
         track = getattr(optimizer, "track_probes", None)
-        known = getattr(optimizer, "_trainable_variables_indices", {})
-        if track is None and any(optimizer._var_key(p) not in known for p in attachment.probes):
+        if track is None and not all(_compat.optimizer_knows(optimizer, p) for p in attachment.probes):
             raise ValueError(
                 f"The optimizer of model {model.name!r} ({type(optimizer).__name__}) was built before "
                 "the per-example norm probes existed: attach per-example norms after `compile` and "

@@ -185,7 +185,7 @@ def test_shared_layer_called_twice_is_an_error():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, shared(shared(inputs)))
     x = np.ones((2, 4), "float32")
-    with pytest.raises(ValueError, match=r"Layers \[.shared.\] are called more than once"):
+    with pytest.raises(ValueError, match=r"Layers \[.shared \(2 calls\).\] are called more than once"):
         keras_lars.per_example_gradient_norms(model, x, np.array([0, 1]), _loss(), [shared.kernel])
 
 

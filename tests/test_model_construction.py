@@ -1,0 +1,135 @@
+"""Per-example norms attach to a model however a Keras user builds or loads
+it, and match brute force (each example through its own autodiff pass).
+Runs on every backend `make test` runs."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lars
+from backends import per_example_gradients
+
+L = keras.layers
+B = 5
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _layers():
+    return [L.Conv2D(3, 3, activation="relu"), L.Conv2D(4, 3, strides=2), L.Flatten(), L.Dense(4)]
+
+
+def sequential_add_with_input():
+    model = keras.Sequential()
+    model.add(keras.Input((8, 8, 2)))
+    for layer in _layers():
+        model.add(layer)
+    return model
+
+
+def sequential_add_without_input():
+    model = keras.Sequential()
+    for layer in _layers():
+        model.add(layer)
+    model.build((None, 8, 8, 2))
+    return model
+
+
+def sequential_list_built_by_a_call():
+    model = keras.Sequential(_layers())
+    model(np.zeros((1, 8, 8, 2), "float32"))
+    return model
+
+
+def sequential_list_with_input():
+    return keras.Sequential([keras.Input((8, 8, 2))] + _layers())
+
+
+def functional():
+    inputs = keras.Input((8, 8, 2))
+    x = inputs
+    for layer in _layers():
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+def nested():
+    inner = keras.Sequential([keras.Input((8, 8, 2))] + _layers()[:2], name="inner")
+    inputs = keras.Input((8, 8, 2))
+    return keras.Model(inputs, L.Dense(4)(L.Flatten()(inner(inputs))))
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.stack = _layers()
+
+    def call(self, x):
+        for layer in self.stack:
+            x = layer(x)
+        return x
+
+
+def subclassed_built_lazily():
+    model = Subclassed()
+    model(np.zeros((1, 8, 8, 2), "float32"))
+    return model
+
+
+def loaded(tmp_path):
+    path = str(tmp_path / "m.keras")
+    sequential_add_without_input().save(path)
+    return keras.models.load_model(path)
+
+
+def cloned():
+    return keras.models.clone_model(sequential_add_without_input())
+
+
+BUILDERS = {f.__name__: f for f in (
+    sequential_add_with_input, sequential_add_without_input, sequential_list_built_by_a_call,
+    sequential_list_with_input, functional, nested, subclassed_built_lazily, cloned)}
+BUILDERS["load_model"] = loaded
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(B, 8, 8, 2)).astype("float32"), rng.integers(0, 4, size=B)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_every_construction_path_attaches_and_is_exact(name, tmp_path):
+    keras.utils.set_random_seed(1)
+    model = BUILDERS[name](tmp_path) if name == "load_model" else BUILDERS[name]()
+    x, y = _data()
+    variables = [v for v in model.trainable_variables if len(v.shape) >= 2]
+    assert len(variables) == 3
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables)
+    grads = per_example_gradients(model, _loss(), x, y, variables)
+    expected = np.mean([[np.linalg.norm(g) for g in example] for example in grads], axis=0)
+    np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sequential_add_without_input", "load_model"])
+def test_clars_trains_after_attaching(name, tmp_path):
+    keras.utils.set_random_seed(1)
+    model = BUILDERS[name](tmp_path) if name == "load_model" else BUILDERS[name]()
+    model.compile(optimizer=keras_lars.CLARS(learning_rate=0.1), loss=_loss())
+    keras_lars.attach_per_example_norms(model)
+    x, y = _data()
+    before = [np.array(v) for v in model.trainable_variables]
+    history = model.fit(x, y, batch_size=B, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(b, np.array(v)) for b, v in zip(before, model.trainable_variables))
+
+
+def test_a_layer_a_model_calls_twice_is_refused():
+    """A Siamese tower (one sub-model called on two inputs) really shares its
+    layers: their summed per-call norms would be wrong, so attaching refuses."""
+    tower = keras.Sequential([keras.Input((4,)), L.Dense(3, name="tower_dense")], name="tower")
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], L.Dense(2)(L.Concatenate()([tower(a), tower(b)])))
+    with pytest.raises(ValueError, match=r"\['tower_dense \(2 calls\)'\] are called more than once"):
+        keras_lars.attach_per_example_norms(model, model.trainable_variables)
