@@ -27,8 +27,9 @@ slice), and on TensorFlow a control dependency that copies one kernel offset's i
 import itertools
 import math
 
-import keras
 from keras import ops
+
+from keras_lars import _backend
 
 #: What `method` accepts: the cheaper of the two by multiply-adds, the ghost
 #: norm, or materialized per-example gradients.
@@ -139,7 +140,7 @@ def conv_squared_norms(a, d, kernel_size, strides, dilation_rate, padding, group
     windows = _Windows(a, dilation_rate, spatial_out, strides)
     total = None
     for offset in itertools.product(*(range(k) for k in kernel_size)):
-        with _after(total):
+        with _backend.after(total):
             patch = ops.reshape(windows.at(offset), (-1, positions, groups, c_in // groups))
             term = _offset_term(patch, d_groups, groups, ghost)
         total = term if total is None else total + term
@@ -150,18 +151,6 @@ def conv_squared_norms(a, d, kernel_size, strides, dilation_rate, padding, group
             gram_d = ops.einsum("btgo,bsgo->bgts", d_groups, d_groups)
         total = ops.sum(total * gram_d, axis=(1, 2, 3))
     return total, bias
-
-
-def _after(tensor):
-    """Runs what follows after `tensor` on TensorFlow: one kernel offset's
-    window copy at a time instead of all at once (peak memory)."""
-    import contextlib
-
-    if tensor is None or keras.backend.backend() != "tensorflow":
-        return contextlib.nullcontext()
-    import tensorflow as tf
-
-    return tf.control_dependencies([tensor])
 
 
 class _Windows:
@@ -180,7 +169,7 @@ class _Windows:
         self.dilation_rate = dilation_rate
         self.spatial_out = spatial_out
         self.strides = strides
-        self.split = keras.backend.backend() == "tensorflow" and any(s > 1 for s in strides)
+        self.split = _backend.SPLIT_STRIDED_WINDOWS and any(s > 1 for s in strides)
         if not self.split:
             self.a = a
             return

@@ -697,7 +697,7 @@ def attach_per_example_norms(model, variables=None, *, method="auto", sub_batch_
         A `PerExampleNorms`; its `detach()` restores the layers.
 
     Raises:
-        RuntimeError: on a Keras backend other than TensorFlow or JAX.
+        RuntimeError: on a Keras backend other than TensorFlow, JAX or PyTorch.
         ValueError: for an unbuilt model, no variables to track, a bad
             `method`, `sub_batch_size` or `unsupported_layers`, tracked
             variables of unsupported layers (with "error") or shared layers,
@@ -705,11 +705,8 @@ def attach_per_example_norms(model, variables=None, *, method="auto", sub_batch_
             (attach before the first step).
     """
     _check_options(method, sub_batch_size, unsupported_layers)
-    if keras.backend.backend() not in ("tensorflow", "jax"):
-        raise RuntimeError(
-            f"Per-example gradient norms support the TensorFlow and JAX backends; the Keras backend "
-            f"is {keras.backend.backend()!r}."
-        )
+    if not _backend.PER_EXAMPLE_NORMS:
+        raise _backend.unsupported()
     if not model.built:
         raise ValueError(
             f"Model {model.name!r} is not built: build it (call it on data, or give it an Input) "

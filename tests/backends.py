@@ -1,5 +1,5 @@
-"""Backend helpers for tests that run on TensorFlow and on JAX (the second
-pytest run of `make test` sets KERAS_BACKEND=jax)."""
+"""Backend helpers for tests that run on TensorFlow, JAX and PyTorch (`make
+test` runs them again with KERAS_BACKEND=jax and KERAS_BACKEND=torch)."""
 
 import keras
 import numpy as np
@@ -8,13 +8,20 @@ import pytest
 BACKEND = keras.backend.backend()
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow-specific")
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="JAX-specific")
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch-specific")
 
 
 def gradients(model, loss_fn, variables):
     """d loss_fn() / d v for each of `variables` (trainable variables of
-    `model`), by plain autodiff: `tf.GradientTape`, or `jax.grad` of the
-    model's stateless call. NumPy float64 arrays."""
-    if BACKEND == "tensorflow":
+    `model`), by plain autodiff: `tf.GradientTape`, `jax.grad` of the
+    model's stateless call, or `torch.autograd.grad`. NumPy float64 arrays."""
+    if BACKEND == "torch":
+        import torch
+
+        values = [v.value for v in variables]
+        grads = torch.autograd.grad(loss_fn(), values, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, values)]
+    elif BACKEND == "tensorflow":
         import tensorflow as tf
 
         with tf.GradientTape() as tape:

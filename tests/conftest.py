@@ -7,14 +7,19 @@ if os.environ.get("KERAS_BACKEND") == "jax":
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-# Two logical CPU devices give a real 2-replica MirroredStrategy; they must be
-# configured before TensorFlow initialises its devices.
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
+try:  # the library's tests also run where only keras + jax or torch is installed
+    import tensorflow as tf
+except ImportError:
+    tf = None
+
+if tf is not None:
+    # Two logical CPU devices give a real 2-replica MirroredStrategy; they must
+    # be configured before TensorFlow initialises its devices.
+    _cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
 
 
 @pytest.fixture(scope="session")

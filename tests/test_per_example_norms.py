@@ -5,7 +5,6 @@ Runs on TensorFlow and JAX."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_lars
 from backends import per_example_gradients, tensorflow_only
@@ -85,11 +84,16 @@ def test_norms_match_brute_force(case, method):
 
 
 def _compiled(fn):
-    """`fn` traced and compiled by the backend: jax.jit or tf.function."""
+    """`fn` traced and compiled by the backend: jax.jit or tf.function (on
+    PyTorch, `fn` itself: Keras's torch backend runs eagerly)."""
     if keras.backend.backend() == "jax":
         import jax
 
         return jax.jit(fn)
+    if keras.backend.backend() == "torch":
+        return fn
+    import tensorflow as tf
+
     return tf.function(fn)
 
 
@@ -118,6 +122,8 @@ def test_batchnorm_in_inference_mode_matches_brute_force():
 
 @tensorflow_only
 def test_batchnorm_in_training_mode_gives_per_example_contributions():
+    import tensorflow as tf
+
     # Examples are coupled through the batch statistics: the norms are those of
     # a_i (x) d_i with d from the batch loss, checked here by a per-example
     # jacobian of the batch loss's kernel gradient contributions.
