@@ -25,17 +25,48 @@ data:
 train: $(VENV)/.installed data
 	$(PY) -m train $(FASHION_MNIST_JOB) --output-dir runs/fashion_mnist_lars
 
-# TensorFlow (the default backend), then the optimizer and per-example norm
-# tests again on Keras's JAX backend.
-JAX_TESTS := tests/test_lars.py tests/test_clars.py tests/test_per_example_norms.py tests/test_keras_contract.py
+# The library's tests (optimizers, per-example norms, Keras's own optimizer
+# tests, every way of building a model, the install) run on each backend.
+LIBRARY_TESTS := tests/test_lars.py tests/test_clars.py tests/test_per_example_norms.py tests/test_keras_contract.py \
+  tests/test_model_construction.py tests/test_install.py
 
 # Two pytest workers (pytest-xdist), one test file per worker at a time:
 # the tests are mostly single-threaded, and a file's tests share fixtures.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+# The wheel's venvs run pytest from tests/: `python -m pytest` puts the
+# working directory first on sys.path, and the checkout's keras_lars/ must not
+# shadow the installed wheel.
+WHEEL_PYTEST = -m pytest -q -n 2 --dist loadfile -p no:cacheprovider
 
-test: $(VENV)/.installed data
-	$(PYTEST) -m "not heavy" tests
-	KERAS_BACKEND=jax $(PYTEST) $(JAX_TESTS)
+# The wheel a user installs, built from this checkout.
+WHEEL := build/wheel/keras_lars-$(shell sed -n 's/^version = //p' setup.cfg)-py3-none-any.whl
+$(WHEEL): setup.cfg pyproject.toml $(shell find keras_lars -name '*.py') keras_lars_train.py | $(VENV)/.installed
+	rm -rf build/wheel && $(PY) -m pip wheel -q --no-deps -w build/wheel .
+
+# The wheel next to keras + jax, and next to keras + torch: no TensorFlow.
+.venv-jax/.installed: setup.cfg
+	$(PYTHON) -m venv .venv-jax
+	.venv-jax/bin/pip install -q keras 'jax[cpu]' pytest pytest-xdist
+	touch $@
+.venv-torch/.installed: setup.cfg
+	$(PYTHON) -m venv .venv-torch
+	.venv-torch/bin/pip install -q keras torch pytest pytest-xdist
+	touch $@
+# Model Garden's LARS (tf-models-official pins TensorFlow 2.20).
+.venv-reference/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv .venv-reference
+	.venv-reference/bin/pip install -q -e '.[reference]'
+	touch $@
+
+# TensorFlow (the current release; the default backend): everything but the
+# Model Garden comparison. Then the library's tests from the wheel on JAX and
+# on PyTorch, the comparison with Model Garden's LARS, and the site.
+test: $(VENV)/.installed .venv-jax/.installed .venv-torch/.installed .venv-reference/.installed $(WHEEL) data
+	$(PYTEST) -m "not heavy" --ignore tests/test_reference_parity.py tests
+	for v in jax torch; do .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done
+	cd tests && KERAS_BACKEND=jax KERAS_LARS_FROM_WHEEL=1 ../.venv-jax/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
+	cd tests && KERAS_BACKEND=torch KERAS_LARS_FROM_WHEEL=1 ../.venv-torch/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
+	.venv-reference/bin/python -m pytest -q tests/test_reference_parity.py
 	$(MAKE) docs
 
 # The documentation site, strictly (-W -n: any warning, broken link, missing

@@ -1,4 +1,4 @@
-from keras_lars.train.__main__ import main
+from keras_lars_train import main
 
 if __name__ == "__main__":
     main(prog="python -m train")
