@@ -50,7 +50,7 @@ class CLARS(LARS):
     `gradient_accumulation_steps = n` accumulated over the n micro-batches and
     divided by n (n_k is the mean over all n * B examples). Regularisation
     losses (`model.losses`) are not per-example and do not enter n_k. Works
-    on the TensorFlow and JAX backends.
+    on the TensorFlow, JAX and PyTorch backends.
 
     With `layer_statistics=True`, CLARS records LARS's statistics and, per
     adapted variable, `CLARS_STATISTICS`: n_k, ||g_k|| / n_k, the mean squared

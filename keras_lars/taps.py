@@ -1,4 +1,4 @@
-"""Per-example gradient norms inside the ordinary train step, on TensorFlow and JAX.
+"""Per-example gradient norms inside the ordinary train step, on TensorFlow, JAX and PyTorch.
 
 How the norms travel: as gradients. `attach_per_example_norms(model)` gives
 every layer owning a variable CLARS adapts a *probe*: a zero-valued float32
@@ -85,6 +85,8 @@ class LayerRule:
     forward: object
     squared_norms: object
     check: object = None  # check(layer): raises ValueError at attach time for a layer it cannot tap
+    # The variables `squared_norms` returns norms of, in order; None: the layer's own trainable variables.
+    variables: tuple = None
 
 
 #: Layer class -> `LayerRule`: the registry. Filled below and by
@@ -404,8 +406,8 @@ class _LayerTap:
         self.variables = variables
         self.attachment = attachment
         self.probe = probe
-        own = [id(v) for v in _compat.own_trainable_variables(layer)]
-        self._rows = [own.index(id(v)) if id(v) in own else None for v in variables]
+        own = [id(v) for v in (rule.variables or _compat.own_trainable_variables(layer))]
+        self._rows = [own.index(id(v)) for v in variables]
 
     def install(self):
         layer = self.layer
@@ -446,18 +448,21 @@ class PerExampleNorms:
         self.per_example = per_example_width is not None
         self.width = per_example_width if self.per_example else 3
         owners = _owners(model)
+        inside = _fallback_layers(self.variables, owners) if unsupported_layers == "vectorized" else {}
         by_layer, unsupported = {}, []
         for variable in self.variables:
             layer = owners.get(id(variable))
-            rule = None if layer is None else rule_for(layer)
-            if rule is None and layer is not None and unsupported_layers == "vectorized":
-                rule = _vectorized_rule(layer)
-            if rule is None:
+            layer = inside.get(id(layer), layer)
+            rule = None if layer is None or id(layer) in inside else rule_for(layer)
+            if rule is None and (layer is None or id(layer) not in inside):
                 unsupported.append((variable, layer))
                 continue
-            if rule.check is not None:
+            if rule is not None and rule.check is not None:
                 rule.check(layer)
-            by_layer.setdefault(id(layer), (layer, rule, []))[2].append(variable)
+            by_layer.setdefault(id(layer), [layer, rule, []])[2].append(variable)
+        for entry in by_layer.values():
+            if entry[1] is None:
+                entry[1] = _vectorized_rule(entry[0], entry[2])
         if unsupported:
             raise ValueError(_unsupported_message(unsupported))
         calls = _compat.layer_calls(model)
@@ -580,34 +585,50 @@ def _unsupported_message(unsupported):
     )
 
 
-def _vectorized_rule(layer):
-    """A rule for any layer taking one tensor and returning one: the tap on
-    its output; per-example gradients by a vectorized map of one small
-    backward pass per example (exact when the layer treats examples
-    independently)."""
+def _fallback_layers(variables, owners):
+    """The layers the vectorized fallback takes whole: those owning one of
+    `variables` without a rule. Returns `{id(layer): fallback layer}` for them
+    and every layer inside them (their calls run inside the fallback's, so
+    their variables go to it; the outermost fallback wins)."""
+    taken = {}
+    for variable in variables:
+        layer = owners.get(id(variable))
+        if layer is not None and rule_for(layer) is None:
+            taken[id(layer)] = layer
+    inside = {}
+    for layer in sorted(taken.values(), key=lambda l: -len(_compat.all_layers(l))):
+        for sub in _compat.all_layers(layer):
+            inside.setdefault(id(sub), layer)
+    return inside
+
+
+def _vectorized_rule(layer, variables):
+    """A rule for any layer whose call takes a tensor (the batch on axis 0)
+    first and returns one tensor: the tap on its output; per-example
+    gradients of `variables` (its own or its sub-layers') by a vectorized
+    map of one small backward pass of the layer's whole call per example
+    (exact when the layer treats examples independently). The call's other
+    arguments are passed unchanged. A variable the output does not depend
+    on gets zeros."""
     original_call = layer.call
-    variables = [v for v in layer.trainable_variables if not _probes.is_probe(v)]
+    variables = list(variables)
+    calls = []  # the latest call's arguments: one call per step (shared layers are refused)
 
     def forward(layer, tap, *args, **kwargs):
         outputs = original_call(*args, **kwargs)
-        if len(args) != 1 or not ops.is_tensor(args[0]) or not ops.is_tensor(outputs):
+        if not args or not ops.is_tensor(args[0]) or not ops.is_tensor(outputs):
             raise ValueError(
                 f"The vectorized per-example fallback needs layer {layer.name!r} "
-                f"({type(layer).__name__}) to take one tensor input and return one tensor."
+                f"({type(layer).__name__}) to take a tensor first and return one tensor."
             )
+        calls[:] = [lambda x: original_call(x, *args[1:], **kwargs)]
         return tap(outputs, (args[0], tuple(v.value for v in variables)))
 
     def squared_norms(layer, residuals, dy, method):
         inputs, values = residuals
-        return _backend.vectorized_squared_norms(original_call, variables, values, inputs, dy)
+        return _backend.vectorized_squared_norms(calls[0], variables, values, inputs, dy)
 
-    own = [id(v) for v in _compat.own_trainable_variables(layer)]
-    if [id(v) for v in variables] != own:
-        raise ValueError(
-            f"The vectorized per-example fallback taps a layer's own variables; layer {layer.name!r} "
-            f"({type(layer).__name__}) has sub-layers with variables."
-        )
-    return LayerRule(forward, squared_norms)
+    return LayerRule(forward, squared_norms, variables=tuple(variables))
 
 
 def _owners(model):
@@ -656,7 +677,7 @@ def attach_per_example_norms(model, variables=None, *, method="auto", sub_batch_
 
     The one extra line CLARS needs, after `model.compile(optimizer=CLARS(...))`
     and before the first step (functional, sequential or subclassed models,
-    `fit` or a custom loop; TensorFlow or JAX):
+    `fit` or a custom loop; TensorFlow, JAX or PyTorch):
 
     ```python
     model.compile(optimizer=keras_lars.CLARS(learning_rate=...), loss=..., metrics=...)

@@ -175,6 +175,42 @@ def test_unsupported_layer_is_named_unless_vectorized_fallback():
     np.testing.assert_allclose([float(n) for n in norms], brute_force_mean_norms(model, x, y, variables), rtol=1e-5)
 
 
+class Patcher(L.Layer):
+    """A ViT-style patcher: a Conv2D sub-layer, then a class token of its own
+    prepended, and an unused variable (no gradient, as a pooler a head
+    ignores)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = L.Conv2D(4, 2, strides=2)
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.class_token = self.add_weight(shape=(1, 1, 4), initializer="random_normal", name="class_token")
+        self.unused = self.add_weight(shape=(3, 4), initializer="random_normal", name="unused")
+
+    def call(self, x):
+        patches = keras.ops.reshape(self.conv(x), (-1, 4, 4))
+        token = keras.ops.tile(self.class_token, (keras.ops.shape(x)[0], 1, 1))
+        return keras.ops.concatenate([token, patches], axis=1)
+
+
+def test_vectorized_fallback_takes_a_layer_with_sub_layers_and_unused_variables():
+    model = _model((4, 4, 2), Patcher(name="patcher"))
+    x = np.random.default_rng(6).normal(size=(B, 4, 4, 2)).astype("float32")
+    y = np.arange(B) % 4
+    patcher = model.get_layer("patcher")
+    variables = [patcher.conv.kernel, patcher.conv.bias, patcher.class_token, patcher.unused,
+                 model.get_layer("head").kernel]
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables, unsupported_layers="vectorized")
+    expected = brute_force_mean_norms(model, x, y, variables)
+    assert expected[3] == 0.0 and expected[2] > 0
+    np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
+    squared, _, _ = keras_lars.per_example_squared_norms(model, x, y, _loss(), variables,
+                                                         unsupported_layers="vectorized")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(squared[3]), np.zeros(B))
+
+
 def test_subclass_overriding_call_is_not_tapped():
     class ScaledDense(L.Dense):
         def call(self, inputs):

@@ -139,8 +139,15 @@ def value_and_gradients(model, loss_fn, variables, extra_shapes):
     with tf.GradientTape() as tape:
         tape.watch(extras)
         value = loss_fn(extras)
-    grads = tape.gradient(value, list(variables) + extras, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    # The tf.Variables: zeros for an unconnected one take its dtype, which a
+    # Keras variable gives as a string.
+    targets = [_tf_variable(v) for v in variables] + extras
+    grads = tape.gradient(value, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return value, grads[: len(variables)], grads[len(variables):]
+
+
+def _tf_variable(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 def vectorized_squared_norms(call, variables, values, inputs, dy):
@@ -153,7 +160,7 @@ def vectorized_squared_norms(call, variables, values, inputs, dy):
         x_i, dy_i = example
         with tf.GradientTape() as tape:
             y_i = call(keras.tree.map_structure(lambda t: t[None], x_i))
-        grads = tape.gradient(y_i, variables, output_gradients=dy_i[None],
+        grads = tape.gradient(y_i, [_tf_variable(v) for v in variables], output_gradients=dy_i[None],
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return tf.stack([tf.reduce_sum(tf.square(tf.cast(tf.convert_to_tensor(g), "float32"))) for g in grads])
 
