@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import keras_lars  # noqa: E402
-from keras_lars.per_example_norms import choose_method, conv_squared_norms, dense_squared_norms  # noqa: E402
+from keras_lars.per_example.kernels import choose_method, conv_squared_norms, dense_squared_norms  # noqa: E402
 from keras_lars.train.models import build_model  # noqa: E402
 
 CONFIGS = {

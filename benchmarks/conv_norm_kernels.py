@@ -32,7 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_lars.per_example_norms import conv_squared_norms  # noqa: E402
+from keras_lars.per_example.kernels import conv_squared_norms  # noqa: E402
 
 # (batch, input size, C_in, C_out, stride) of 3x3 "same" convolutions.
 SHAPES = {

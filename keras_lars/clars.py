@@ -41,7 +41,7 @@ class CLARS(LARS):
 
     n_k comes from the train step: call
     `keras_lars.attach_per_example_norms(model)` once after `model.compile`
-    (see `keras_lars.taps`). It computes the norms in the same forward and
+    (see `keras_lars.per_example`). It computes the norms in the same forward and
     backward pass as the gradient and delivers them as the gradients of
     probe variables, which `apply` takes out of the gradient list (they are
     never applied). So they are unscaled with the gradients (loss scaling),

@@ -327,7 +327,7 @@ class LARS(keras.optimizers.Optimizer):
         """Creates what `_trust_ratio_gradient_norm` reads (CLARS)."""
 
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
-        # Per-example norm probes (`keras_lars.taps`) are never updated: no
+        # Per-example norm probes (`keras_lars.per_example`) are never updated: no
         # slots, accumulators or averages, so that the optimizer's state (and
         # checkpoints) are the same with or without them.
         if is_probe(reference_variable):
@@ -373,7 +373,7 @@ class LARS(keras.optimizers.Optimizer):
         """For each of `variables`, whether its learning rate is adapted (not
         excluded from layer adaptation by the rules). A list of bools."""
         rules = self._decay_rules if self._adaptation_follows_decay else self._adaptation_rules
-        # Per-example norm probes (`keras_lars.taps`) are never updated.
+        # Per-example norm probes (`keras_lars.per_example`) are never updated.
         return [not x and not is_probe(v) for v, x in zip(variables, rules.resolve(variables))]
 
     def _apply_weight_decay(self, variables):

@@ -55,7 +55,7 @@ def _compiled(optimizer, strategy=None, jit_compile=False, kind="functional"):
 
 def _weights(model):
     """The model's trainable variables without the per-example norm probes."""
-    return [v for v in model.trainable_variables if not keras_lars.taps.is_probe(v)]
+    return [v for v in model.trainable_variables if not keras_lars.per_example.is_probe(v)]
 
 
 def _brute_force(model, x, y):

@@ -97,7 +97,7 @@ def test_lars_statistics_match_numpy(options, jit_compile):
 
 def _weights(model):
     """The model's trainable variables without the per-example norm probes."""
-    return [v for v in model.trainable_variables if not keras_lars.taps.is_probe(v)]
+    return [v for v in model.trainable_variables if not keras_lars.per_example.is_probe(v)]
 
 
 def _brute_force(model, x, y):

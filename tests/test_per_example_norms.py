@@ -8,7 +8,7 @@ import pytest
 
 import keras_lars
 from backends import per_example_gradients, tensorflow_only
-from keras_lars.per_example_norms import choose_method, conv_squared_norms
+from keras_lars.per_example.kernels import choose_method, conv_squared_norms
 
 L = keras.layers
 B = 6
@@ -290,7 +290,7 @@ def _numpy_conv_squared_norms(a, d, kernel_size, strides, dilation, pads, groups
 
 
 # (input size, kernel, strides, dilation, padding, groups): strides above 1
-# take a window from one of the input's phases (`per_example_norms._Windows`),
+# take a window from one of the input's phases (`per_example.kernels._Windows`),
 # with dilations and strides that Keras's layers never combine.
 CONV_GEOMETRIES = [
     ((9, 8), (3, 3), (2, 2), (1, 1), "same", 1),
@@ -356,7 +356,7 @@ def test_user_registered_layer_matches_brute_force():
         assert "_Scale" in keras_lars.supported_layers()
         norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables)
     finally:
-        del keras_lars.taps.LAYER_RULES[_Scale]
+        del keras_lars.per_example.LAYER_RULES[_Scale]
     np.testing.assert_allclose([float(n) for n in norms], brute_force_mean_norms(model, x, y, variables), rtol=1e-5)
 
 

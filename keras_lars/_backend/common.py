@@ -8,7 +8,7 @@ import keras
 
 #: Whether the per-example norm taps run on this backend.
 PER_EXAMPLE_NORMS = False
-#: Whether a strided window of a tensor is a slow gather (see `per_example_norms._Windows`).
+#: Whether a strided window of a tensor is a slow gather (see `per_example.kernels._Windows`).
 SPLIT_STRIDED_WINDOWS = False
 
 

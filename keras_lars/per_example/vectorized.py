@@ -1,0 +1,54 @@
+"""The fallback for layers without a rule (`unsupported_layers="vectorized"`):
+exact per-example gradients of the layer's whole call by a vectorized map of
+one small backward pass per example."""
+
+from keras import ops
+
+from keras_lars import _backend, _compat
+from keras_lars.per_example.registry import LayerRule, rule_for
+
+
+def _fallback_layers(variables, owners):
+    """The layers the vectorized fallback takes whole: those owning one of
+    `variables` without a rule. Returns `{id(layer): fallback layer}` for them
+    and every layer inside them (their calls run inside the fallback's, so
+    their variables go to it; the outermost fallback wins)."""
+    taken = {}
+    for variable in variables:
+        layer = owners.get(id(variable))
+        if layer is not None and rule_for(layer) is None:
+            taken[id(layer)] = layer
+    inside = {}
+    for layer in sorted(taken.values(), key=lambda l: -len(_compat.all_layers(l))):
+        for sub in _compat.all_layers(layer):
+            inside.setdefault(id(sub), layer)
+    return inside
+
+
+def _vectorized_rule(layer, variables):
+    """A rule for any layer whose call takes a tensor (the batch on axis 0)
+    first and returns one tensor: the tap on its output; per-example
+    gradients of `variables` (its own or its sub-layers') by a vectorized
+    map of one small backward pass of the layer's whole call per example
+    (exact when the layer treats examples independently). The call's other
+    arguments are passed unchanged. A variable the output does not depend
+    on gets zeros."""
+    original_call = layer.call
+    variables = list(variables)
+    calls = []  # the latest call's arguments: one call per step (shared layers are refused)
+
+    def forward(layer, tap, *args, **kwargs):
+        outputs = original_call(*args, **kwargs)
+        if not args or not ops.is_tensor(args[0]) or not ops.is_tensor(outputs):
+            raise ValueError(
+                f"The vectorized per-example fallback needs layer {layer.name!r} "
+                f"({type(layer).__name__}) to take a tensor first and return one tensor."
+            )
+        calls[:] = [lambda x: original_call(x, *args[1:], **kwargs)]
+        return tap(outputs, (args[0], tuple(v.value for v in variables)))
+
+    def squared_norms(layer, residuals, dy, method):
+        inputs, values = residuals
+        return _backend.vectorized_squared_norms(calls[0], variables, values, inputs, dy)
+
+    return LayerRule(forward, squared_norms, variables=tuple(variables))
