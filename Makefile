@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test test-heavy bench accelerator-wheels data docs
+.PHONY: train test test-heavy test-keras-hub bench accelerator-wheels data docs
 
 # The demo job: ResNet-8 on Fashion-MNIST at batch 2048, all 10 epochs (the
 # trainer's defaults are MLPerf's ResNet-50 on ImageNet).
@@ -62,7 +62,7 @@ $(WHEEL): setup.cfg pyproject.toml $(shell find keras_lars -name '*.py') keras_l
 # Model Garden comparison. Then the library's tests from the wheel on JAX and
 # on PyTorch, the comparison with Model Garden's LARS, and the site.
 test: $(VENV)/.installed .venv-jax/.installed .venv-torch/.installed .venv-reference/.installed $(WHEEL) data
-	$(PYTEST) -m "not heavy" --ignore tests/test_reference_parity.py tests
+	$(PYTEST) -m "not heavy and not keras_hub_all" --ignore tests/test_reference_parity.py tests
 	for v in jax torch; do .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done
 	cd tests && KERAS_BACKEND=jax KERAS_LARS_FROM_WHEEL=1 ../.venv-jax/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
 	cd tests && KERAS_BACKEND=torch KERAS_LARS_FROM_WHEEL=1 ../.venv-torch/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
@@ -74,6 +74,18 @@ test: $(VENV)/.installed .venv-jax/.installed .venv-torch/.installed .venv-refer
 docs: $(VENV)/.installed
 	$(VENV)/bin/sphinx-build -q -E -W --keep-going -n -b html docs build/docs
 	@echo "docs: open build/docs/index.html"
+
+# CLARS on every KerasHub backbone family the tests build from a config, on
+# the three backends. KerasHub requires TensorFlow Text (hence TensorFlow);
+# the PyTorch venv takes it without its dependencies (its pure-Python ones
+# added), so it stays without TensorFlow.
+KERAS_HUB_PURE_DEPS := absl-py kagglehub packaging regex rich sentencepiece tokenizers
+test-keras-hub: $(VENV)/.installed .venv-torch/.installed $(WHEEL)
+	$(PYTEST) tests/test_keras_hub.py
+	KERAS_BACKEND=jax $(PYTEST) tests/test_keras_hub.py
+	.venv-torch/bin/pip install -q --no-deps --force-reinstall $(WHEEL) keras-hub
+	.venv-torch/bin/pip install -q $(KERAS_HUB_PURE_DEPS)
+	cd tests && KERAS_BACKEND=torch ../.venv-torch/bin/python $(WHEEL_PYTEST) test_keras_hub.py
 
 # CLARS on every keras.applications family (about 14 minutes on TensorFlow).
 test-heavy: $(VENV)/.installed

@@ -1,6 +1,6 @@
 """Layer-wise adaptive large-batch optimizers for Keras 3."""
 
-from keras_lars import layer_statistics, per_example, per_example_norms, schedules
+from keras_lars import layer_statistics, per_example, per_example_norms, schedules  # noqa: F401 (per_example_norms: the kernels' earlier name)
 from keras_lars.clars import CLARS
 from keras_lars.exclusions import ExclusionRules, is_rank_at_most_1
 from keras_lars.lars import LARS
@@ -26,7 +26,6 @@ __all__ = [
     "layer_statistics",
     "per_example",
     "per_example_gradient_norms",
-    "per_example_norms",
     "per_example_squared_norms",
     "register_layer",
     "supported_layers",

@@ -53,6 +53,14 @@ def append_optimizer_variable(optimizer, variable):
     optimizer._trainable_variables.append(variable)
 
 
+def set_keras_mask(tensor, mask):
+    """Attaches a Keras mask to `tensor` (as a layer's `call` may)."""
+    from keras.src.backend.common.masking import set_keras_mask as set_mask
+
+    if mask is not None:
+        set_mask(tensor, mask)
+
+
 def _graph_nodes(layer):
     """The nodes of `layer`'s functional graph (a Functional model, or a
     Sequential that built one), or None for a layer whose `call` is Python."""

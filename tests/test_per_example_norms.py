@@ -211,6 +211,30 @@ def test_vectorized_fallback_takes_a_layer_with_sub_layers_and_unused_variables(
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(squared[3]), np.zeros(B))
 
 
+class BroadcastPositions(L.Layer):
+    """Adds a position table looked up by an Embedding sub-layer with
+    position ids of batch 1 (as KerasHub's CLIP embedding does): the
+    sub-layer's own tap would see the sum over the batch."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.table = L.Embedding(4, 3, name="table")
+
+    def build(self, input_shape):
+        self.table.build((1, 4))
+
+    def call(self, x):
+        return x + self.table(keras.ops.expand_dims(keras.ops.arange(4), 0))
+
+
+def test_a_layer_called_on_a_batch_of_one_inside_a_step_is_refused():
+    model = _model((4, 3), BroadcastPositions(name="positions"))
+    x = np.random.default_rng(7).normal(size=(B, 4, 3)).astype("float32")
+    table = model.get_layer("positions").table
+    with pytest.raises(ValueError, match=r"Layer 'table' \(Embedding\) is called on a batch of 1 in a step on a batch of 6"):
+        keras_lars.per_example_gradient_norms(model, x, np.arange(B) % 4, _loss(), [table.embeddings])
+
+
 def test_subclass_overriding_call_is_not_tapped():
     class ScaledDense(L.Dense):
         def call(self, inputs):

@@ -75,5 +75,5 @@ def value_and_gradients(model, loss_fn, variables, extra_shapes):
     raise unsupported()
 
 
-def vectorized_squared_norms(call, variables, values, inputs, dy):
+def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
     raise unsupported()

@@ -68,15 +68,16 @@ def value_and_gradients(model, loss_fn, variables, extra_shapes):
     return value, [grads[positions[id(v)]] for v in variables], extra_grads
 
 
-def vectorized_squared_norms(call, variables, values, inputs, dy):
+def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
     """As `keras_lars._backend.tensorflow.vectorized_squared_norms`, by
     `jax.vmap` of one `jax.vjp` per example. `values` are the variables'
     values read in the forward pass (JAX differentiates with respect to
-    them)."""
+    them); `constants`, (variable, value) pairs of the call's other
+    variables, also from the forward pass."""
 
     def one_example(x_i, dy_i):
         def output(vals):
-            with keras.StatelessScope(state_mapping=list(zip(variables, vals))):
+            with keras.StatelessScope(state_mapping=list(zip(variables, vals)) + list(constants)):
                 return call(jax.tree.map(lambda t: t[None], x_i))
 
         y, vjp = jax.vjp(output, list(values))

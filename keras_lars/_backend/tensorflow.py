@@ -150,11 +150,13 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-def vectorized_squared_norms(call, variables, values, inputs, dy):
+def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
     """Per-example squared norms of the gradients of `call(inputs)` (with
     output gradient `dy`) with respect to each of `variables`: a vectorized
     map of one small backward pass per example. A variable the output does
-    not depend on gets zeros. Returns a tuple of float32 (B,) tensors."""
+    not depend on gets zeros. Returns a tuple of float32 (B,) tensors.
+    `values` and `constants` ((variable, value) pairs of the call's other
+    variables) serve JAX; here the call reads the variables."""
 
     def one_example(example):
         x_i, dy_i = example

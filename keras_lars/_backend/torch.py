@@ -57,7 +57,7 @@ def value_and_gradients(model, loss_fn, variables, extra_shapes):
     return value, grads[: len(variables)], grads[len(variables):]
 
 
-def vectorized_squared_norms(call, variables, values, inputs, dy):
+def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
     """As `keras_lars._backend.tensorflow.vectorized_squared_norms`, by one
     `torch.autograd.grad` of the layer's call per example (it runs inside
     the backward pass, where autograd is re-enabled for it)."""

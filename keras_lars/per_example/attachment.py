@@ -8,7 +8,7 @@ from keras import ops
 
 from keras_lars import _backend, _compat, _probes
 from keras_lars.per_example.kernels import METHODS
-from keras_lars.per_example.registry import rule_for, supported_layers
+from keras_lars.per_example.registry import rule_for, rule_variables, supported_layers
 from keras_lars.per_example.vectorized import _fallback_layers, _vectorized_rule
 
 #: What `attach_per_example_norms(unsupported_layers=...)` accepts.
@@ -63,7 +63,7 @@ class _LayerTap:
         self.variables = variables
         self.attachment = attachment
         self.probe = probe
-        own = [id(v) for v in (rule.variables or _compat.own_trainable_variables(layer))]
+        own = [id(v) for v in rule_variables(rule, layer)]
         self._rows = [own.index(id(v)) for v in variables]
 
     def install(self):
@@ -75,12 +75,23 @@ class _LayerTap:
             object.__delattr__(self.layer, "call")
 
     def _tap(self, z, residuals):
+        batch = self.attachment.input_batch
+        if z.shape[0] == 1 and batch != 1:
+            raise ValueError(
+                f"Layer {self.layer.name!r} ({type(self.layer).__name__}) is called on a batch of 1 in a step on "
+                f"a batch of {batch or 'B'}: its output is broadcast over the examples (e.g. a position table "
+                "looked up with position ids of batch 1), so its own tap sees their sum, not the examples. "
+                "Register a rule for the layer that calls it (keras_lars.register_layer) or exclude its "
+                "variables from layer adaptation."
+            )
         return _backend.tap_identity(z, self.attachment.probe_value(self), residuals, self._emit)
 
     def _emit(self, residuals, d):
         residuals, d, scale = self.attachment.sub_batch(residuals, d)
         squared = self.rule.squared_norms(self.layer, residuals, d, self.attachment.method)
-        return ops.stack([self.attachment.row(squared[j], scale) for j in self._rows])
+        # None: this call does not touch the variable (a layer with several
+        # call modes, e.g. ReversibleEmbedding's lookup and reverse).
+        return ops.stack([self.attachment.row(squared[j], scale, ops.shape(d)[0]) for j in self._rows])
 
 
 class PerExampleNorms:
@@ -104,7 +115,7 @@ class PerExampleNorms:
         # The mode is explicit: a width of 3 examples must not read as the sums.
         self.per_example = per_example_width is not None
         self.width = per_example_width if self.per_example else 3
-        owners = _owners(model)
+        owners = _claimed(model, _owners(model))
         inside = _fallback_layers(self.variables, owners) if unsupported_layers == "vectorized" else {}
         by_layer, unsupported = {}, []
         for variable in self.variables:
@@ -164,6 +175,7 @@ class PerExampleNorms:
     def install(self, forget_compiled=True):
         for tap in self.taps:
             tap.install()
+        self._watch_input_batch()
         if self._holder is not None and self._holder not in _compat.sub_layers(self._host):
             _compat.sub_layers(self._host).append(self._holder)
         object.__setattr__(self.model, _ATTACHMENT, self)
@@ -181,12 +193,30 @@ class PerExampleNorms:
         """
         for tap in self.taps:
             tap.remove()
+        if self.model.__dict__.get("call") is not None and self.model not in (t.layer for t in self.taps):
+            object.__delattr__(self.model, "call")
         if self._holder is not None and self._holder in _compat.sub_layers(self._host):
             _compat.sub_layers(self._host).remove(self._holder)
         if self.model.__dict__.get(_ATTACHMENT) is self:
             object.__delattr__(self.model, _ATTACHMENT)
         if forget_compiled:
             _forget_compiled_functions(self.model)
+
+    def _watch_input_batch(self):
+        """Records the static batch size (an int, or None) of each call of
+        the model, for the taps' check of layers called on a batch of 1."""
+        self.input_batch = None
+        if self.model in (tap.layer for tap in self.taps):
+            return
+        model_call = type(self.model).call.__get__(self.model)
+
+        def call(*args, **kwargs):
+            tensors = keras.tree.flatten((args, kwargs))
+            first = next((t for t in tensors if hasattr(t, "shape") and len(t.shape) > 0), None)
+            self.input_batch = None if first is None else first.shape[0]
+            return model_call(*args, **kwargs)
+
+        object.__setattr__(self.model, "call", call)
 
     def sub_batch(self, residuals, d):
         """The first |J| examples (on TensorFlow, per replica: ceil(|J| /
@@ -199,10 +229,13 @@ class PerExampleNorms:
         scale = ops.cast(batch, "float32") / ops.cast(ops.minimum(batch, count), "float32")
         return keras.tree.map_structure(lambda x: x[:count], residuals), d[:count], scale
 
-    def row(self, squared, scale):
+    def row(self, squared, scale, n):
         """A probe row from one variable's per-example squared norms (n,):
         `[sum_i ||c_i||, sum_i ||c_i||^2, n]` scaled from the sub-batch to
-        the batch, or (width n) the squared norms themselves."""
+        the batch, or (width n) the squared norms themselves; zeros for
+        None (a call that does not touch the variable)."""
+        if squared is None:
+            return ops.zeros((n if self.per_example else 3,), "float32")
         squared = ops.cast(squared, "float32")
         if self.per_example:
             return squared
@@ -240,6 +273,19 @@ def _unsupported_message(unsupported):
         "per-example gradients of those layers by vectorized map (slow: one small backward pass "
         "per example)."
     )
+
+
+def _claimed(model, owners):
+    """`owners` (variable id -> owning layer) with the variables a rule of an
+    outer layer claims (`LayerRule.variables`, e.g. a ViT patcher's
+    sub-layers') given to that layer: its tap sees their gradients whole."""
+    owners = dict(owners)
+    for layer in _compat.all_layers(model):
+        rule = rule_for(layer)
+        if rule is not None and rule.variables is not None:
+            for variable in rule_variables(rule, layer):
+                owners[id(variable)] = layer
+    return owners
 
 
 def _owners(model):

@@ -6,6 +6,8 @@ import dataclasses
 
 import keras
 
+from keras_lars import _compat
+
 @dataclasses.dataclass(frozen=True)
 class LayerRule:
     """How to tap one layer class.
@@ -19,14 +21,16 @@ class LayerRule:
             `residuals` is a tensor or a tuple of tensors from the forward
             pass (e.g. the layer input), each with the batch on axis 0.
         squared_norms: `squared_norms(layer, residuals, d, method) -> tuple`
-            of float32 (B,) tensors, ||c_i||^2 for each of the layer's own
-            trainable variables (`_compat.own_trainable_variables(layer)`),
-            with keras.ops only (it runs on every backend). `method` is
+            of float32 (B,) tensors, ||c_i||^2 for each of the rule's
+            variables (`variables` below; None for one this call does not
+            touch), with keras.ops only (it runs on every backend). `method` is
             "ghost", "materialize" or "auto" (`kernels.METHODS`).
         check: None, or `check(layer)`, which raises ValueError at attach
             time for a layer of the class the rule cannot tap.
         variables: None (the layer's own trainable variables), or the
-            variables `squared_norms` returns norms of, in order.
+            variables `squared_norms` returns norms of, in order: a tuple,
+            or `variables(layer) -> list`. A rule naming its sub-layers'
+            variables claims them: their own layers are then not tapped.
     """
 
     forward: object
@@ -83,10 +87,10 @@ def register_layer(layer_class, forward, squared_norms, check=None):
     LAYER_RULES[layer_class] = LayerRule(forward, squared_norms, check)
 
 
-def rule(*layer_classes, forward, check=None):
+def rule(*layer_classes, forward, check=None, variables=None):
     """A decorator registering the `squared_norms` function it decorates,
-    with `forward` (and `check`), for each of `layer_classes`: the rule
-    modules' form of `register_layer`.
+    with `forward` (and `check`, `variables`: as `LayerRule`'s), for each of
+    `layer_classes`: the rule modules' form of `register_layer`.
 
     ```python
     @rule(keras.layers.Dense, forward=dense_forward)
@@ -98,9 +102,18 @@ def rule(*layer_classes, forward, check=None):
     def register(squared_norms):
         for layer_class in layer_classes:
             register_layer(layer_class, forward, squared_norms, check)
+            if variables is not None:
+                LAYER_RULES[layer_class] = LayerRule(forward, squared_norms, check, variables)
         return squared_norms
 
     return register
+
+
+def rule_variables(rule, layer):
+    """The variables `rule.squared_norms` returns norms of for `layer`, in order."""
+    if rule.variables is None:
+        return _compat.own_trainable_variables(layer)
+    return list(rule.variables(layer) if callable(rule.variables) else rule.variables)
 
 
 def supported_layers():
@@ -114,6 +127,8 @@ def rule_for(layer):
     LoRA or quantization."""
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         return None
+    if type(layer).__module__.startswith("keras_hub."):
+        from keras_lars.per_example.rules import keras_hub  # noqa: F401 (registers KerasHub's rules)
     for cls in type(layer).__mro__:
         rule = LAYER_RULES.get(cls)
         if rule is not None:

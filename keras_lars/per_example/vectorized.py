@@ -4,7 +4,7 @@ one small backward pass per example."""
 
 from keras import ops
 
-from keras_lars import _backend, _compat
+from keras_lars import _backend, _compat, _probes
 from keras_lars.per_example.registry import LayerRule, rule_for
 
 
@@ -35,6 +35,10 @@ def _vectorized_rule(layer, variables):
     on gets zeros."""
     original_call = layer.call
     variables = list(variables)
+    # The layer's other variables (non-trainable ones, untracked weights),
+    # read in the forward pass: on JAX the backward pass may not read them.
+    tracked = {id(v) for v in variables}
+    constants = [v for v in layer.variables if id(v) not in tracked and not _probes.is_probe(v)]
     calls = []  # the latest call's arguments: one call per step (shared layers are refused)
 
     def forward(layer, tap, *args, **kwargs):
@@ -45,10 +49,11 @@ def _vectorized_rule(layer, variables):
                 f"({type(layer).__name__}) to take a tensor first and return one tensor."
             )
         calls[:] = [lambda x: original_call(x, *args[1:], **kwargs)]
-        return tap(outputs, (args[0], tuple(v.value for v in variables)))
+        return tap(outputs, (args[0], tuple(v.value for v in variables), tuple(v.value for v in constants)))
 
     def squared_norms(layer, residuals, dy, method):
-        inputs, values = residuals
-        return _backend.vectorized_squared_norms(calls[0], variables, values, inputs, dy)
+        inputs, values, constant_values = residuals
+        return _backend.vectorized_squared_norms(calls[0], variables, values, inputs, dy,
+                                                 list(zip(constants, constant_values)))
 
     return LayerRule(forward, squared_norms, variables=tuple(variables))
