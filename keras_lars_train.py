@@ -12,7 +12,9 @@ features, a failed cuInit on a machine without a GPU) from C++ before its
 logging is initialised, so TF_CPP_MIN_LOG_LEVEL does not hold them back.
 Unless the user set TF_CPP_MIN_LOG_LEVEL (then they see what they asked
 for), standard error is held in a file while TensorFlow loads and finds its
-devices, and written out only if that fails.
+devices, and written out only if that fails; TF_CPP_MIN_LOG_LEVEL is then
+set to 1, which holds back TensorFlow's later INFO lines but not its
+warnings and errors.
 """
 
 import contextlib
@@ -57,6 +59,8 @@ def import_tensorflow():
     """
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:  # TensorFlow's later C++ INFO lines (e.g. tf.data's buffer sizes); warnings and errors stay
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
     with _stderr_held() if quiet else contextlib.nullcontext():
         import keras  # noqa: F401 (Keras on TensorFlow loads it here, under the same hold)
         import tensorflow as tf

@@ -45,8 +45,10 @@ def gradients(model, loss_fn, variables):
 
 def per_example_gradients(model, loss, x, y, variables, training=True):
     """Each example's gradient, computed alone (one autodiff pass per
-    example): a list over examples of lists over `variables`."""
+    example): a list over examples of lists over `variables`. `x` may be a
+    structure of arrays (a model with several inputs)."""
     return [
-        gradients(model, lambda i=i: loss(y[i : i + 1], model(x[i : i + 1], training=training)), variables)
-        for i in range(len(x))
+        gradients(model, lambda i=i: loss(y[i : i + 1], model(keras.tree.map_structure(lambda t: t[i : i + 1], x),
+                                                              training=training)), variables)
+        for i in range(len(y))
     ]

@@ -125,11 +125,19 @@ def test_clars_trains_after_attaching(name, tmp_path):
     assert any(not np.array_equal(b, np.array(v)) for b, v in zip(before, model.trainable_variables))
 
 
-def test_a_layer_a_model_calls_twice_is_refused():
-    """A Siamese tower (one sub-model called on two inputs) really shares its
-    layers: their summed per-call norms would be wrong, so attaching refuses."""
-    tower = keras.Sequential([keras.Input((4,)), L.Dense(3, name="tower_dense")], name="tower")
+def test_a_tower_a_model_calls_twice_gets_exact_norms():
+    """A Siamese tower (one sub-model called on two inputs) shares its
+    layers: example i's gradient is the sum of the two calls'
+    contributions, and its norm is what brute force gives."""
+    keras.utils.set_random_seed(2)
+    tower = keras.Sequential([keras.Input((4,)), L.Dense(3, activation="tanh", name="tower_dense")], name="tower")
     a, b = keras.Input((4,)), keras.Input((4,))
     model = keras.Model([a, b], L.Dense(2)(L.Concatenate()([tower(a), tower(b)])))
-    with pytest.raises(ValueError, match=r"\['tower_dense \(2 calls\)'\] are called more than once"):
-        keras_lars.attach_per_example_norms(model, model.trainable_variables)
+    rng = np.random.default_rng(3)
+    x = [rng.normal(size=(B, 4)).astype("float32"), rng.normal(size=(B, 4)).astype("float32")]
+    y = rng.integers(0, 2, size=B)
+    variables = [v for v in model.trainable_variables if len(v.shape) >= 2]
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables)
+    grads = per_example_gradients(model, _loss(), x, y, variables)
+    expected = np.mean([[np.linalg.norm(g) for g in example] for example in grads], axis=0)
+    np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)

@@ -245,14 +245,41 @@ def test_subclass_overriding_call_is_not_tapped():
         keras_lars.attach_per_example_norms(model, model.trainable_variables)
 
 
-def test_shared_layer_called_twice_is_an_error():
+def test_a_layer_called_twice_gets_exact_norms():
     keras.utils.set_random_seed(0)
-    shared = L.Dense(4, name="shared")
+    shared = L.Dense(4, activation="tanh", name="shared")
     inputs = keras.Input((4,))
     model = keras.Model(inputs, shared(shared(inputs)))
-    x = np.ones((2, 4), "float32")
-    with pytest.raises(ValueError, match=r"Layers \[.shared \(2 calls\).\] are called more than once"):
-        keras_lars.per_example_gradient_norms(model, x, np.array([0, 1]), _loss(), [shared.kernel])
+    x = np.random.default_rng(8).normal(size=(B, 4)).astype("float32")
+    y = np.arange(B) % 4
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), [shared.kernel, shared.bias])
+    expected = brute_force_mean_norms(model, x, y, [shared.kernel, shared.bias])
+    np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
+    # The per-call norms summed (what a tap per call would give) differ.
+    first = keras.Model(inputs, shared(inputs))
+    assert not np.allclose(expected[0], brute_force_mean_norms(first, x, np.arange(B) % 4, [shared.kernel])[0])
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_causal_lm_head_with_reversible_embedding_matches_brute_force(tie_weights):
+    """A causal LM's token embedding, looked up on the way in and used
+    reversed as the output head (tied: one table, two calls)."""
+    keras.utils.set_random_seed(4)
+    vocabulary, length = 11, 5
+    embedding = L.ReversibleEmbedding(vocabulary, 6, tie_weights=tie_weights, name="tokens")
+    ids = keras.Input((length,), dtype="int32")
+    hidden = L.Dense(6, activation="tanh", name="block")(embedding(ids))
+    model = keras.Model(ids, embedding(hidden, reverse=True))
+    x = np.random.default_rng(9).integers(0, 4, size=(B, length)).astype("int32")  # repeated ids
+    y = np.roll(x, -1, axis=1)
+    variables = [v for v in model.trainable_variables if len(v.shape) >= 2]
+    assert len(variables) == (2 if tie_weights else 3)
+    norms, _, _ = keras_lars.per_example_gradient_norms(model, x, y, _loss(), variables)
+    expected = brute_force_mean_norms(model, x, y, variables)
+    np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
+    model.compile(optimizer=keras_lars.CLARS(learning_rate=0.1), loss=_loss())
+    keras_lars.attach_per_example_norms(model)
+    assert np.isfinite(model.fit(x, y, batch_size=B, epochs=1, verbose=0).history["loss"][0])
 
 
 @pytest.mark.parametrize(

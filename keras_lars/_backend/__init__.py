@@ -9,7 +9,10 @@ Keras chooses its own): one module per backend, each with the same functions.
 - `num_replicas_in_sync()`, `all_reduce_sum(value)`: `tf.distribute` replicas.
 - `variable_scope_of(model)`: the context `model`'s variables were made in.
 - `value_and_gradients(model, loss_fn, variables, extra_shapes)`.
-- `vectorized_squared_norms(call, variables, values, inputs, dy)`.
+- `vectorized_gradients(call, variables, values, inputs, dy, constants)`:
+  per-example gradients of a layer's call, flattened side by side.
+- `tap_first(z, probe, residuals, emit, width)`, `tap_later(z, mailbox,
+  residuals, send)`: the taps of a layer called more than once per step.
 - `after(tensor)`: a context running what follows after `tensor` (memory).
 - `SPLIT_STRIDED_WINDOWS`: whether strided conv windows are gathered slowly.
 - `PER_EXAMPLE_NORMS`: whether the taps run on this backend.

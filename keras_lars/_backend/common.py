@@ -75,5 +75,13 @@ def value_and_gradients(model, loss_fn, variables, extra_shapes):
     raise unsupported()
 
 
-def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
+def vectorized_gradients(call, variables, values, inputs, dy, constants=()):
+    raise unsupported()
+
+
+def tap_first(z, probe, residuals, emit, width):
+    raise unsupported()
+
+
+def tap_later(z, mailbox, residuals, send):
     raise unsupported()

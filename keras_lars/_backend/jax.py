@@ -68,8 +68,8 @@ def value_and_gradients(model, loss_fn, variables, extra_shapes):
     return value, [grads[positions[id(v)]] for v in variables], extra_grads
 
 
-def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
-    """As `keras_lars._backend.tensorflow.vectorized_squared_norms`, by
+def vectorized_gradients(call, variables, values, inputs, dy, constants=()):
+    """As `keras_lars._backend.tensorflow.vectorized_gradients`, by
     `jax.vmap` of one `jax.vjp` per example. `values` are the variables'
     values read in the forward pass (JAX differentiates with respect to
     them); `constants`, (variable, value) pairs of the call's other
@@ -82,7 +82,42 @@ def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
 
         y, vjp = jax.vjp(output, list(values))
         grads = vjp(dy_i[None].astype(y.dtype))[0]
-        return jnp.stack([jnp.sum(jnp.square(g.astype("float32"))) for g in grads])
+        return jnp.concatenate([jnp.ravel(g.astype("float32")) for g in grads])
 
-    squared = jax.vmap(one_example)(inputs, dy)
-    return tuple(squared[:, j] for j in range(len(variables)))
+    return jax.vmap(one_example)(inputs, dy)
+
+
+def tap_first(z, probe, residuals, emit, width):
+    """As `keras_lars._backend.tensorflow.tap_first`, by a `jax.custom_vjp`."""
+
+    @jax.custom_vjp
+    def first(t, p, residuals):
+        return t, jnp.zeros((t.shape[0], width), "float32")
+
+    def forward(t, p, residuals):
+        return first(t, p, residuals), residuals
+
+    def backward(residuals, cotangents):
+        upstream, mail = cotangents
+        return (upstream, jnp.asarray(emit(residuals, upstream, mail), "float32"),
+                jax.tree.map(jnp.zeros_like, residuals))
+
+    first.defvjp(forward, backward)
+    return first(z, probe, residuals)
+
+
+def tap_later(z, mailbox, residuals, send):
+    """As `keras_lars._backend.tensorflow.tap_later`, by a `jax.custom_vjp`."""
+
+    @jax.custom_vjp
+    def later(t, m, residuals):
+        return t
+
+    def forward(t, m, residuals):
+        return t, residuals
+
+    def backward(residuals, upstream):
+        return upstream, jnp.asarray(send(residuals, upstream), "float32"), jax.tree.map(jnp.zeros_like, residuals)
+
+    later.defvjp(forward, backward)
+    return later(z, mailbox, residuals)

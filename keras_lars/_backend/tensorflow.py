@@ -150,13 +150,13 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
-    """Per-example squared norms of the gradients of `call(inputs)` (with
-    output gradient `dy`) with respect to each of `variables`: a vectorized
-    map of one small backward pass per example. A variable the output does
-    not depend on gets zeros. Returns a tuple of float32 (B,) tensors.
-    `values` and `constants` ((variable, value) pairs of the call's other
-    variables) serve JAX; here the call reads the variables."""
+def vectorized_gradients(call, variables, values, inputs, dy, constants=()):
+    """Per-example gradients of `call(inputs)` (with output gradient `dy`)
+    with respect to `variables`, flattened and side by side: a float32
+    (B, sum of the variables' sizes) tensor, by a vectorized map of one small
+    backward pass per example. A variable the output does not depend on gets
+    zeros. `values` and `constants` ((variable, value) pairs of the call's
+    other variables) serve JAX; here the call reads the variables."""
 
     def one_example(example):
         x_i, dy_i = example
@@ -164,7 +164,38 @@ def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
             y_i = call(keras.tree.map_structure(lambda t: t[None], x_i))
         grads = tape.gradient(y_i, [_tf_variable(v) for v in variables], output_gradients=dy_i[None],
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return tf.stack([tf.reduce_sum(tf.square(tf.cast(tf.convert_to_tensor(g), "float32"))) for g in grads])
+        return tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(g), "float32"), [-1]) for g in grads], 0)
 
-    squared = tf.vectorized_map(one_example, (inputs, dy))
-    return tuple(squared[:, j] for j in range(len(variables)))
+    return tf.vectorized_map(one_example, (inputs, dy))
+
+
+def tap_first(z, probe, residuals, emit, width):
+    """The first call's tap of a layer called more than once per step:
+    returns `(z, mailbox)`, the mailbox a float32 (B, width) zero tensor
+    that the later calls' taps take (`tap_later`). On the way back, their
+    contributions arrive summed as the mailbox's cotangent (zeros if none),
+    and the probe's cotangent is `emit(residuals, dL/dz, mailbox cotangent)`."""
+
+    @tf.custom_gradient
+    def first(t, p):
+        def grad(upstream, mail):
+            mail = tf.zeros([tf.shape(t)[0], width], "float32") if mail is None else mail
+            return upstream, tf.cast(emit(residuals, upstream, mail), p.dtype)
+
+        return (tf.identity(t), tf.zeros([tf.shape(t)[0], width], "float32")), grad
+
+    return first(z, tf.convert_to_tensor(probe))
+
+
+def tap_later(z, mailbox, residuals, send):
+    """A later call's tap (see `tap_first`): `z` unchanged; on the way back,
+    the mailbox's cotangent is `send(residuals, dL/dz)`, (B, width) float32."""
+
+    @tf.custom_gradient
+    def later(t, m):
+        def grad(upstream):
+            return upstream, tf.cast(send(residuals, upstream), "float32")
+
+        return tf.identity(t), grad
+
+    return later(z, mailbox)

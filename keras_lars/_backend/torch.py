@@ -57,8 +57,8 @@ def value_and_gradients(model, loss_fn, variables, extra_shapes):
     return value, grads[: len(variables)], grads[len(variables):]
 
 
-def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
-    """As `keras_lars._backend.tensorflow.vectorized_squared_norms`, by one
+def vectorized_gradients(call, variables, values, inputs, dy, constants=()):
+    """As `keras_lars._backend.tensorflow.vectorized_gradients`, by one
     `torch.autograd.grad` of the layer's call per example (it runs inside
     the backward pass, where autograd is re-enabled for it)."""
     parameters = [v.value for v in variables]
@@ -68,9 +68,40 @@ def vectorized_squared_norms(call, variables, values, inputs, dy, constants=()):
             x_i = keras.tree.map_structure(lambda t: t[i : i + 1].detach(), inputs)
             y_i = call(x_i)
             grads = torch.autograd.grad(y_i, parameters, grad_outputs=dy[i : i + 1].to(y_i.dtype), allow_unused=True)
-            rows.append(torch.stack([
-                torch.zeros((), dtype=torch.float32, device=dy.device) if g is None else torch.sum(g.float() ** 2)
-                for g in grads
+            rows.append(torch.cat([
+                torch.zeros(p.numel(), dtype=torch.float32, device=dy.device) if g is None else g.float().reshape(-1)
+                for g, p in zip(grads, parameters)
             ]))
-    squared = torch.stack(rows)
-    return tuple(squared[:, j] for j in range(len(variables)))
+    return torch.stack(rows)
+
+
+class _First(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, probe, emit, residuals, width):
+        ctx.emit, ctx.residuals, ctx.probe_dtype = emit, residuals, probe.dtype
+        return z.view_as(z), torch.zeros((z.shape[0], width), dtype=torch.float32, device=z.device)
+
+    @staticmethod
+    def backward(ctx, upstream, mail):
+        return upstream, ctx.emit(ctx.residuals, upstream, mail).to(ctx.probe_dtype), None, None, None
+
+
+class _Later(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, mailbox, send, residuals):
+        ctx.send, ctx.residuals = send, residuals
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        return upstream, ctx.send(ctx.residuals, upstream).float(), None, None
+
+
+def tap_first(z, probe, residuals, emit, width):
+    """As `keras_lars._backend.tensorflow.tap_first`, by a `torch.autograd.Function`."""
+    return _First.apply(z, probe, emit, keras.tree.map_structure(lambda t: t.detach(), residuals), width)
+
+
+def tap_later(z, mailbox, residuals, send):
+    """As `keras_lars._backend.tensorflow.tap_later`, by a `torch.autograd.Function`."""
+    return _Later.apply(z, mailbox, send, keras.tree.map_structure(lambda t: t.detach(), residuals))

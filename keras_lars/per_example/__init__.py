@@ -42,10 +42,17 @@ i's contribution to the batch gradient, the quantity hook-based per-example
 methods (Opacus, BackPACK) compute; it is not the gradient of f_i evaluated
 on example i alone.
 
-A layer called more than once per step (a shared layer) would add the norm
-sums of its calls, which is not the norm of its summed per-example
-gradients: layers with more than one call in a functional graph are refused
-at attach time (a subclassed model's `call` is not inspected).
+A layer called more than once per step (tied input/output embeddings, a
+Siamese tower) contributes to example i's gradient once per call, and the
+norm of the sum is not the sum of the norms: such a layer (counted from the
+graphs of functional models and Sequentials however built or loaded,
+`_compat.layer_calls`) gets `_SharedLayerTap`, which forms each call's
+per-example gradients whole and adds them up before the norm (exact; B
+times the layer's variables in memory). A subclassed model's `call` is not
+inspected: a layer it calls twice would get the sum of its calls' norms.
+A tapped layer called on a batch of 1 inside a step (a table looked up
+with position ids of batch 1 and broadcast) is refused: its tap would see
+the sum over the examples.
 
 Layout (as Opacus's `grad_sample/`): `registry` (the `LayerRule`s, the
 `rule` decorator), `rules/` (one small module per layer family), `kernels`

@@ -8,8 +8,8 @@ from keras import ops
 
 from keras_lars import _backend, _compat, _probes
 from keras_lars.per_example.kernels import METHODS
-from keras_lars.per_example.registry import rule_for, rule_variables, supported_layers
-from keras_lars.per_example.vectorized import _fallback_layers, _vectorized_rule
+from keras_lars.per_example.registry import LayerRule, rule_for, rule_variables, supported_layers
+from keras_lars.per_example.vectorized import _fallback_layers, _vectorized_rule, squared_norms_of
 
 #: What `attach_per_example_norms(unsupported_layers=...)` accepts.
 UNSUPPORTED_LAYER_POLICIES = ("error", "vectorized")
@@ -75,6 +75,10 @@ class _LayerTap:
             object.__delattr__(self.layer, "call")
 
     def _tap(self, z, residuals):
+        self._check_batch(z)
+        return _backend.tap_identity(z, self.attachment.probe_value(self), residuals, self._emit)
+
+    def _check_batch(self, z):
         batch = self.attachment.input_batch
         if z.shape[0] == 1 and batch != 1:
             raise ValueError(
@@ -84,7 +88,6 @@ class _LayerTap:
                 "Register a rule for the layer that calls it (keras_lars.register_layer) or exclude its "
                 "variables from layer adaptation."
             )
-        return _backend.tap_identity(z, self.attachment.probe_value(self), residuals, self._emit)
 
     def _emit(self, residuals, d):
         residuals, d, scale = self.attachment.sub_batch(residuals, d)
@@ -92,6 +95,63 @@ class _LayerTap:
         # None: this call does not touch the variable (a layer with several
         # call modes, e.g. ReversibleEmbedding's lookup and reverse).
         return ops.stack([self.attachment.row(squared[j], scale, ops.shape(d)[0]) for j in self._rows])
+
+
+class _SharedLayerTap(_LayerTap):
+    """The tap of a layer the model calls `calls` times per step (tied
+    input/output embeddings, a Siamese tower): example i's gradient is the
+    sum of its calls' contributions, whose norm is not the sum of their
+    norms. Each call's per-example gradients are formed whole (the
+    vectorized route: one small backward pass of the layer's call per
+    example, B times the variables' size in memory); the later calls send
+    theirs back to the first call's tap through a mailbox tensor (as a
+    cotangent: `_backend.tap_first`, `tap_later`), which adds them up and
+    emits the norms. The calls are counted off in order, `calls` per call of
+    the model (`_compat.layer_calls`)."""
+
+    def __init__(self, layer, variables, attachment, probe, calls):
+        super().__init__(layer, LayerRule(None, None, variables=tuple(variables)), variables, attachment, probe)
+        self.calls = calls
+        tracked = {id(v) for v in variables}
+        self._constants = [v for v in layer.variables if id(v) not in tracked and not _probes.is_probe(v)]
+        self._width = sum(math.prod(v.shape) for v in variables)
+        self._index, self._mailbox = 0, None
+
+    def install(self):
+        self._index, self._mailbox = 0, None
+        layer = self.layer
+        original_call = type(layer).call.__get__(layer)
+        object.__setattr__(layer, "call", lambda *args, **kwargs: self._forward(original_call, *args, **kwargs))
+
+    def _forward(self, original_call, *args, **kwargs):
+        outputs = original_call(*args, **kwargs)
+        if not args or not ops.is_tensor(args[0]) or not ops.is_tensor(outputs):
+            raise ValueError(
+                f"Per-example norms of layer {self.layer.name!r} ({type(self.layer).__name__}), called "
+                f"{self.calls} times per step, need its call to take a tensor first and return one tensor."
+            )
+        self._check_batch(outputs)
+        call = lambda x: original_call(x, *args[1:], **kwargs)  # noqa: E731
+        residuals = (args[0], tuple(v.value for v in self.variables), tuple(v.value for v in self._constants))
+
+        def gradients(residuals, d):
+            inputs, values, constant_values = residuals
+            return _backend.vectorized_gradients(call, self.variables, values, inputs, d,
+                                                 list(zip(self._constants, constant_values)))
+
+        index, self._index = self._index, (self._index + 1) % self.calls
+        if index == 0:
+            outputs, self._mailbox = _backend.tap_first(
+                outputs, self.attachment.probe_value(self), residuals,
+                lambda residuals, d, mail: self._rows_of(gradients(residuals, d) + ops.cast(mail, "float32")),
+                self._width)
+            return outputs
+        return _backend.tap_later(outputs, self._mailbox, residuals, gradients)
+
+    def _rows_of(self, flat):
+        _, flat, scale = self.attachment.sub_batch((), flat)
+        squared = squared_norms_of(flat, self.variables)
+        return ops.stack([self.attachment.row(squared[j], scale, ops.shape(flat)[0]) for j in self._rows])
 
 
 class PerExampleNorms:
@@ -134,14 +194,6 @@ class PerExampleNorms:
         if unsupported:
             raise ValueError(_unsupported_message(unsupported))
         calls = _compat.layer_calls(model)
-        shared = [f"{layer.name} ({calls[id(layer)]} calls)" for layer, _, _ in by_layer.values()
-                  if calls[id(layer)] > 1]
-        if shared:
-            raise ValueError(
-                f"Layers {shared} are called more than once per call of model {model.name!r} (shared "
-                "layers); per-example norms support one call per step. Exclude their variables from layer "
-                "adaptation or untie the layers."
-            )
         reuse = reuse or {}
         self.taps = []
         # One-pass functions feed probe tensors instead (`probe_values`): no
@@ -160,7 +212,9 @@ class PerExampleNorms:
                     probe = self._holder.add_probe(tracked, self.width, f"{layer.name}_per_example_norms")
                 else:
                     _compat.track_variable(self._holder, probe)
-                self.taps.append(_LayerTap(layer, rule, tracked, self, probe))
+                count = calls[id(layer)]
+                self.taps.append(_SharedLayerTap(layer, tracked, self, probe, count) if count > 1
+                                 else _LayerTap(layer, rule, tracked, self, probe))
 
     @property
     def probes(self):

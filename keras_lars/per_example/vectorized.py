@@ -2,10 +2,23 @@
 exact per-example gradients of the layer's whole call by a vectorized map of
 one small backward pass per example."""
 
+import math
+
 from keras import ops
 
 from keras_lars import _backend, _compat, _probes
 from keras_lars.per_example.registry import LayerRule, rule_for
+
+
+def squared_norms_of(flat, variables):
+    """Each variable's per-example squared norms, float32 (B,) tensors, from
+    flattened per-example gradients side by side, (B, sum of sizes)."""
+    norms, start = [], 0
+    for variable in variables:
+        size = math.prod(variable.shape)
+        norms.append(ops.sum(ops.square(flat[:, start : start + size]), axis=1))
+        start += size
+    return tuple(norms)
 
 
 def _fallback_layers(variables, owners):
@@ -53,7 +66,7 @@ def _vectorized_rule(layer, variables):
 
     def squared_norms(layer, residuals, dy, method):
         inputs, values, constant_values = residuals
-        return _backend.vectorized_squared_norms(calls[0], variables, values, inputs, dy,
-                                                 list(zip(constants, constant_values)))
+        flat = _backend.vectorized_gradients(calls[0], variables, values, inputs, dy, list(zip(constants, constant_values)))
+        return squared_norms_of(flat, variables)
 
     return LayerRule(forward, squared_norms, variables=tuple(variables))
