@@ -63,7 +63,7 @@ $(WHEEL): setup.cfg pyproject.toml $(shell find keras_lars -name '*.py') keras_l
 # on PyTorch, the comparison with Model Garden's LARS, and the site.
 test: $(VENV)/.installed .venv-jax/.installed .venv-torch/.installed .venv-reference/.installed $(WHEEL) data
 	$(PYTEST) -m "not heavy and not keras_hub_all" --ignore tests/test_reference_parity.py tests
-	for v in jax torch; do .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done
+	for v in jax torch; do .venv-$$v/bin/pip uninstall -q -y keras-lars; .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done
 	cd tests && KERAS_BACKEND=jax KERAS_LARS_FROM_WHEEL=1 ../.venv-jax/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
 	cd tests && KERAS_BACKEND=torch KERAS_LARS_FROM_WHEEL=1 ../.venv-torch/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
 	.venv-reference/bin/python -m pytest -q tests/test_reference_parity.py
