@@ -17,6 +17,8 @@ from backends import gradients
 keras_hub = pytest.importorskip("keras_hub")
 M = keras_hub.models
 B, T, V, H = 3, 6, 40, 8
+# Moonshine's stem (strides 64, 3, 2; kernels 127, 7, 3) leaves 3 frames of these.
+AUDIO_SAMPLES = 64 * 26 + 127
 
 
 TEXT = dict(vocabulary_size=V, num_layers=1, hidden_dim=H, intermediate_dim=16)
@@ -45,6 +47,12 @@ FAMILIES = {
                                   mlp_dim=16), "rules", True),
     "clip_vision": (lambda: M.CLIPVisionEncoder(patch_size=4, hidden_dim=H, num_layers=1, num_heads=2,
                                                 intermediate_dim=16, image_shape=(8, 8, 3)), "rules", False),
+    "whisper": (lambda: M.WhisperBackbone(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=H, intermediate_dim=16,
+                                          num_mels=4, max_encoder_sequence_length=2 * T,
+                                          max_decoder_sequence_length=T), "rules", False),
+    "moonshine": (lambda: M.MoonshineBackbone(vocabulary_size=V, filter_dim=H, encoder_num_layers=1,
+                                              decoder_num_layers=1, hidden_dim=H, intermediate_dim=16,
+                                              encoder_num_heads=2, decoder_num_heads=2), "rules", False),
     "deit": (lambda: M.DeiTBackbone(image_shape=(8, 8, 3), patch_size=4, num_layers=1, num_heads=2, hidden_dim=H,
                                     intermediate_dim=16), "vectorized", False),
 }
@@ -59,7 +67,14 @@ def _data(backbone):
         return rng.normal(size=(B,) + tuple(spec.shape[1:])).astype("float32")
     x = {}
     for name, tensor in spec.items():
-        if name == "padding_mask":
+        if name == "encoder_features":  # Whisper: (batch, 2T frames, mel bins)
+            x[name] = rng.normal(size=(B, 2 * T, tensor.shape[-1])).astype("float32")
+        elif name == "encoder_input_values":  # Moonshine: raw audio, (batch, samples, 1)
+            x[name] = rng.normal(size=(B, AUDIO_SAMPLES, 1)).astype("float32")
+        elif name == "encoder_padding_mask":
+            x[name] = np.ones((B, AUDIO_SAMPLES), "int32")
+            x[name][1, -200:] = 0
+        elif name in ("padding_mask", "decoder_padding_mask"):
             x[name] = np.array([[1] * T, [1] * (T - 2) + [0, 0], [1] * (T - 1) + [0]], "int32")
         elif name == "segment_ids":
             x[name] = np.array([[0] * 3 + [1] * (T - 3)] * B, "int32")
@@ -74,7 +89,9 @@ def _model(name):
     keras.utils.set_random_seed(0)
     backbone = FAMILIES[name][0]()
     out = backbone.output
-    sequence = out["sequence_output"] if isinstance(out, dict) else out
+    if isinstance(out, dict):  # encoder-decoders (audio): the decoder's sequence
+        out = out.get("sequence_output", out.get("decoder_sequence_output"))
+    sequence = out
     pooled = keras.layers.GlobalAveragePooling1D()(sequence) if len(sequence.shape) == 3 else sequence
     model = keras.Model(backbone.input, keras.layers.Dense(3, name="clars_head")(pooled))
     model.compile(optimizer=keras_lars.CLARS(learning_rate=0.1), loss=_loss())
