@@ -141,3 +141,34 @@ def test_a_tower_a_model_calls_twice_gets_exact_norms():
     grads = per_example_gradients(model, _loss(), x, y, variables)
     expected = np.mean([[np.linalg.norm(g) for g in example] for example in grads], axis=0)
     np.testing.assert_allclose([float(n) for n in norms], expected, rtol=1e-5)
+
+
+class CallsALayerTwice(keras.Model):
+    """A subclassed model calling one layer twice: its graph is not known, so
+    the sharing shows only when the step runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = L.Dense(4, activation="tanh", name="shared")
+        self.head = L.Dense(2, name="head")
+
+    def call(self, x):
+        return self.head(self.shared(self.shared(x)))
+
+
+@pytest.mark.parametrize("mode", ["fit", "one_pass"])
+def test_a_subclassed_model_calling_a_layer_twice_is_refused_before_any_update(mode):
+    keras.utils.set_random_seed(3)
+    model = CallsALayerTwice()
+    x = np.random.default_rng(4).normal(size=(B, 4)).astype("float32")
+    y = np.arange(B) % 2
+    model(x)
+    model.compile(optimizer=keras_lars.CLARS(learning_rate=0.1), loss=_loss())
+    before = [np.array(v) for v in model.trainable_variables]
+    with pytest.raises(ValueError, match="'shared' .* is called more than once in one call of model"):
+        if mode == "fit":
+            keras_lars.attach_per_example_norms(model)
+            model.fit(x, y, batch_size=B, epochs=1, verbose=0)
+        else:
+            keras_lars.per_example_gradient_norms(model, x, y, _loss(), model.trainable_variables)
+    assert all(np.array_equal(b, np.array(v)) for b, v in zip(before, model.trainable_variables))

@@ -76,6 +76,7 @@ class _LayerTap:
 
     def _tap(self, z, residuals):
         self._check_batch(z)
+        self._count_call()
         return _backend.tap_identity(z, self.attachment.probe_value(self), residuals, self._emit)
 
     def _check_batch(self, z):
@@ -87,6 +88,17 @@ class _LayerTap:
                 "looked up with position ids of batch 1), so its own tap sees their sum, not the examples. "
                 "Register a rule for the layer that calls it (keras_lars.register_layer) or exclude its "
                 "variables from layer adaptation."
+            )
+
+    def _count_call(self):
+        calls = self.attachment.tap_calls
+        calls[id(self)] = calls.get(id(self), 0) + 1
+        if calls[id(self)] > 1:
+            raise ValueError(
+                f"Layer {self.layer.name!r} ({type(self.layer).__name__}) is called more than once in one call of "
+                f"model {self.attachment.model.name!r}, which its graph does not show (a subclassed model's "
+                "call): its per-example norms would be wrong. Build the model with the functional API (shared "
+                "layers are then exact) or exclude the layer's variables from layer adaptation."
             )
 
     def _emit(self, residuals, d):
@@ -260,6 +272,7 @@ class PerExampleNorms:
         """Records the static batch size (an int, or None) of each call of
         the model, for the taps' check of layers called on a batch of 1."""
         self.input_batch = None
+        self.tap_calls = {}  # tap id -> its calls in the current call of the model
         if self.model in (tap.layer for tap in self.taps):
             return
         model_call = type(self.model).call.__get__(self.model)
@@ -268,6 +281,7 @@ class PerExampleNorms:
             tensors = keras.tree.flatten((args, kwargs))
             first = next((t for t in tensors if hasattr(t, "shape") and len(t.shape) > 0), None)
             self.input_batch = None if first is None else first.shape[0]
+            self.tap_calls = {}
             return model_call(*args, **kwargs)
 
         object.__setattr__(self.model, "call", call)
