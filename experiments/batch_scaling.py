@@ -39,7 +39,7 @@ import numpy as np
 from experiments import common
 
 NAME = "batch_scaling"
-MODELS = ("mlp3", "mlp3_nobn")
+MODELS = ("mlp3", "mlp3_nobn", "cnn3", "cnn3_nobn")
 EPOCHS = 10
 WARMUP_EPOCHS = 2
 WEIGHT_DECAY = 1e-4
@@ -60,7 +60,16 @@ GOOD_LR_TOLERANCE = 0.02  # top-1, absolute
 FLOOR = 0.5  # the accuracy plot's lower limit, unless a best point lies lower
 LABELS = {"sgd": "SGD+momentum (warmup)", "lars": "LARS (warmup, eta 0.001)", "clars": "CLARS (no warmup, eta 0.01)"}
 COLORS = {"sgd": "tab:gray", "lars": "tab:blue", "clars": "tab:red"}
-TITLES = {"mlp3": "mlp3: with BatchNorm", "mlp3_nobn": "mlp3_nobn: without BatchNorm"}
+
+# The CNNs' grid, sized to about 4 hours of a 2-core machine (docs/results.md):
+# four batches, CLARS at the two largest only, and every batch tuned by the
+# rule below B = ALL_SEEDS_FROM_BATCH (3 seeds at the best and its neighbours).
+CNN_BATCHES = (512, 2048, 8192, 16384)
+CNN_PLAN = dict(batches=CNN_BATCHES, method_batches=dict(sgd=CNN_BATCHES, lars=CNN_BATCHES, clars=(8192, 16384)),
+                all_seeds_from_batch=None)
+PLANS = {"cnn3": CNN_PLAN, "cnn3_nobn": CNN_PLAN}
+TITLES = {"mlp3": "mlp3: MLP with BatchNorm", "mlp3_nobn": "mlp3_nobn: MLP without BatchNorm",
+          "cnn3": "cnn3: CNN with BatchNorm", "cnn3_nobn": "cnn3_nobn: CNN without BatchNorm"}
 
 QUICK = dict(batches=(1024,), grids={m: g[1:2] for m, g in GRIDS.items()}, seeds=(0, 1), max_steps=2, epochs=2,
              all_seeds_from_batch=1024, max_extensions=0)
@@ -84,11 +93,22 @@ def spec(model, method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epo
     )
 
 
-def settings(quick):
+def settings(quick, model=None):
+    """The grid of `model` (the MLPs' when None): batches, per-method batches,
+    LR grids, seeds, the batch from which every grid point gets every seed
+    (None: never), extensions, epochs and the step cap."""
     if quick:
-        return QUICK
-    return dict(batches=BATCHES, grids=GRIDS, seeds=SEEDS, max_steps=0, epochs=EPOCHS,
-                all_seeds_from_batch=ALL_SEEDS_FROM_BATCH, max_extensions=MAX_EXTENSIONS)
+        s = dict(QUICK)
+    else:
+        s = dict(batches=BATCHES, grids=GRIDS, seeds=SEEDS, max_steps=0, epochs=EPOCHS,
+                 all_seeds_from_batch=ALL_SEEDS_FROM_BATCH, max_extensions=MAX_EXTENSIONS)
+        s.update(PLANS.get(model, {}))
+    s.setdefault("method_batches", {method: s["batches"] for method in common.METHODS})
+    return s
+
+
+def _all_seeds(batch, s):
+    return s["all_seeds_from_batch"] is not None and batch >= s["all_seeds_from_batch"]
 
 
 def top1(summary):
@@ -156,7 +176,7 @@ def _train(model, method, batch, s, cache, jit):
 
 
 def _tune(model, method, batch, s, cache, jit):
-    return tune(s["grids"][method], s["seeds"], batch >= s["all_seeds_from_batch"], s["max_extensions"],
+    return tune(s["grids"][method], s["seeds"], _all_seeds(batch, s), s["max_extensions"],
                 _train(model, method, batch, s, cache, jit))
 
 
@@ -173,7 +193,7 @@ def _cached(model, method, batch, s, cache, jit):
         return summary
 
     try:
-        tune(s["grids"][method], s["seeds"], batch >= s["all_seeds_from_batch"], s["max_extensions"], train)
+        tune(s["grids"][method], s["seeds"], _all_seeds(batch, s), s["max_extensions"], train)
         return True
     except _NotCached:
         return False
@@ -189,7 +209,7 @@ def run_model(model, s, cache, jit):
     """The results dict of one model, from its (cached) runs."""
     methods = {}
     for method in common.METHODS:
-        for batch in s["batches"]:
+        for batch in s["method_batches"][method]:
             grid, seeded, best = _tune(model, method, batch, s, cache, jit)
             train = _train(model, method, batch, s, cache, jit)
             points = [_point(c, [train(c, seed) for seed in (s["seeds"] if c in seeded else s["seeds"][:1])], c == best)
@@ -201,22 +221,26 @@ def run_model(model, s, cache, jit):
     return dict(epochs=s["epochs"], warmup_epochs=WARMUP_EPOCHS, weight_decay=WEIGHT_DECAY,
                 base_grids={m: list(s["grids"][m]) for m in common.METHODS}, etas=dict(ETAS),
                 seeds=list(s["seeds"]), all_seeds_from_batch=s["all_seeds_from_batch"],
-                batches=list(s["batches"]), methods=methods)
+                batches=list(s["batches"]), method_batches={m: list(b) for m, b in s["method_batches"].items()},
+                methods=methods)
 
 
 def run_grid(out, quick=False, models=MODELS, jobs=1):
     """Runs (or reads) every point of `models`, with `jobs` processes (one
     (model, method, batch) tuning each at a time), and merges them into
     results.json (whose other models are kept); returns the merged results."""
-    s = settings(quick)
     directory = common.claim_dir(out, NAME)
     cache, jit = f"{directory}/runs", not quick
-    # Extremes first, so that a suite stopped early already spans the range.
-    order = sorted(s["batches"], key=lambda b: (b not in (s["batches"][0], s["batches"][-1]), b))
-    tasks = [(model, method, batch, s, cache, jit) for model in models for batch in order for method in common.METHODS]
+    tasks = []
+    for model in models:
+        s = settings(quick, model)
+        # Extremes first, so that a suite stopped early already spans the range.
+        order = sorted(s["batches"], key=lambda b: (b not in (s["batches"][0], s["batches"][-1]), b))
+        tasks += [(model, method, batch, s, cache, jit) for batch in order for method in common.METHODS
+                  if batch in s["method_batches"][method]]
     todo = [task for task in tasks if not _cached(*task)]  # no process started for what is cached
     common.parallel(_tune_task, todo, jobs)
-    measured = {model: run_model(model, s, cache, jit) for model in models}
+    measured = {model: run_model(model, settings(quick, model), cache, jit) for model in models}
     return common.write_models(f"{directory}/results.json", measured, MODELS)
 
 

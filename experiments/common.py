@@ -8,9 +8,10 @@ software and CPU it ran on); a later call with the same spec reads that file
 instead of training, so a suite resumes where it stopped. The run files are
 committed, so a fresh clone trains nothing.
 
-Runs are bit-reproducible: `configure_runtime()` (called by every entry
-point before TensorFlow starts) enables TensorFlow's op determinism and one
-intra-op thread, and `run` seeds Python, NumPy and TensorFlow from
+Runs are bit-reproducible on any x86-64 machine with AVX2: importing this
+module pins the instruction set the kernels use (`experiments.runtime`),
+`configure_runtime()` (called by every entry point before TensorFlow runs an
+op) adds one thread and op determinism, and `run` seeds Python, NumPy and TensorFlow from
 `spec.seed` before it builds the datasets (the shuffle's seed pair includes
 TensorFlow's global seed, so an unseeded process and one that had trained
 another run shuffled differently). `python -m experiments.reproduce RUN.json`
@@ -42,6 +43,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from experiments import runtime  # noqa: E402  (before TensorFlow: it sets the instruction-set caps)
+
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -50,7 +53,7 @@ from keras_lars.schedules import WarmupPolynomialDecay  # noqa: E402
 from keras_lars.train import models as train_models  # noqa: E402
 
 METHODS = ("sgd", "lars", "clars")
-MODELS = ("mlp3", "mlp3_nobn", "resnet8", "resnet50", "fcn5", "cnn5")
+MODELS = ("mlp3", "mlp3_nobn", "cnn3", "cnn3_nobn", "resnet8", "resnet50", "fcn5", "cnn5")
 END_LEARNING_RATE = 1e-4
 TRAIN_EXAMPLES = 60000
 NUM_CLASSES = 10
@@ -129,32 +132,14 @@ _DATA = {}
 
 
 def configure_runtime():
-    """Makes this process's runs bit-reproducible and independent of the
-    machine's core count: TensorFlow's op determinism and one intra- and
-    inter-op thread (one thread is about as fast as two for these models, and
-    lets two runs share a 2-core machine). Call before TensorFlow runs any op;
-    later calls do nothing."""
-    if getattr(configure_runtime, "done", False):
-        return
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.experimental.enable_op_determinism()
-    configure_runtime.done = True
+    """The pinned runtime of `experiments.runtime` (instruction-set caps, one
+    thread, op determinism). Call before TensorFlow runs any op."""
+    runtime.configure()
 
 
 def environment():
-    """What a run's numbers depend on besides its spec: the software versions
-    and the CPU (bit-identical results are promised only for the same)."""
-    import platform
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(tensorflow=tf.__version__, keras=keras.__version__, numpy=np.__version__,
-                python=platform.python_version(), cpu=cpu, machine=platform.machine())
+    """What a run's numbers depend on besides its spec (`runtime.environment`)."""
+    return runtime.environment()
 
 
 def fashion_mnist():
@@ -210,6 +195,11 @@ def build_model(name, image_size=28):
     - mlp3_nobn: the same MLP without BatchNorm (hidden layers with biases,
       ReLU): the no-BatchNorm regime (the LARS paper's AlexNet against
       AlexNet-BN).
+    - cnn3_nobn: the LARS paper's AlexNet in Fashion-MNIST's size: three
+      ReLU convolutions with biases (5x5/8, 3x3/16, 3x3/32), each followed
+      by 2x2 max pooling, and a dense head (64, ReLU; 10).
+    - cnn3: the same network with BatchNorm after every convolution and the
+      hidden dense layer (those bias-free): AlexNet-BN's role.
     - fcn5, cnn5: the CLARS paper's 5-layer sigmoid nets of Fig. 2 (the paper
       gives no widths): fcn5 784-512-256-128-64-10; cnn5 three 3x3 convs
       (16/32/64, each followed by 2x2 max pooling) and two dense layers (128, 10).
@@ -219,6 +209,8 @@ def build_model(name, image_size=28):
         return train_models.build_model(name, NUM_CLASSES, (image_size, image_size, channels))
     layers = keras.layers
     inputs = keras.Input((image_size, image_size, 1), name="images")
+    if name in ("cnn3", "cnn3_nobn"):
+        return _cnn3(inputs, batch_norm=name == "cnn3")
     x = layers.Flatten(name="flatten")(inputs) if name != "cnn5" else inputs
     if name == "mlp3":
         for i, width in enumerate((512, 256, 128)):
@@ -239,6 +231,30 @@ def build_model(name, image_size=28):
     x = layers.Dense(NUM_CLASSES, name=f"fc{4 if name.startswith('mlp3') else 5}")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+CNN3_CONVS = ((8, 5), (16, 3), (32, 3))  # (filters, kernel size) of cnn3's convolutions
+CNN3_DENSE = 64
+
+
+def _cnn3(inputs, batch_norm):
+    layers = keras.layers
+
+    def block(x, layer, index):
+        x = layer(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"bn{index}")(x)
+        return layers.ReLU(name=f"relu{index}")(x)
+
+    x = inputs
+    for i, (filters, size) in enumerate(CNN3_CONVS):
+        x = block(x, layers.Conv2D(filters, size, padding="same", use_bias=not batch_norm, name=f"conv{i + 1}"), i + 1)
+        x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = block(x, layers.Dense(CNN3_DENSE, use_bias=not batch_norm, name="fc4"), 4)
+    x = layers.Dense(NUM_CLASSES, name="fc5")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name="cnn3" if batch_norm else "cnn3_nobn")
 
 
 def build_optimizer(spec):
@@ -305,12 +321,18 @@ def build(spec, jit_compile=True):
 
 
 def read_cached(spec, cache_dir):
-    """The cached summary of `spec` in `cache_dir`, or None."""
+    """The cached summary of `spec` in `cache_dir`, or None (also for a run
+    made under other instruction-set caps than this process's: it is
+    retrained, and its file replaced)."""
     path = os.path.join(cache_dir, spec.run_id() + ".json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        summary = json.load(f)
+    recorded = summary.get("environment", {})
+    if any(recorded.get(key) != value for key, value in runtime.caps().items()):
+        return None
+    return summary
 
 
 def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):

@@ -16,9 +16,10 @@ BATCH = 16384
 EPOCH_BUDGETS = (10, 20, 40)
 SEEDS = (0, 1, 2)
 QUICK = dict(batch=1024, budgets=(2, 3), seeds=(0,))
+MODELS = ("mlp3", "mlp3_nobn")  # the CNNs' budget left this claim out (docs/results.md)
 
 
-def run_all(out, quick=False, models=batch_scaling.MODELS, jobs=1):
+def run_all(out, quick=False, models=MODELS, jobs=1):
     directory = common.claim_dir(out, NAME)
     s = QUICK if quick else dict(batch=BATCH, budgets=EPOCH_BUDGETS, seeds=SEEDS)
     scaling = batch_scaling.run_grid(out, quick, models, jobs)
@@ -50,7 +51,7 @@ def run_all(out, quick=False, models=batch_scaling.MODELS, jobs=1):
                                    small_batch=dict(batch_size=int(small), epochs=q["epochs"],
                                                     best_test_top1=reference["best_test_top1"]))
         measured[model] = dict(batch_size=s["batch"], budgets=list(s["budgets"]), methods=methods)
-    return common.write_models(f"{directory}/results.json", measured, batch_scaling.MODELS)
+    return common.write_models(f"{directory}/results.json", measured, MODELS)
 
 
 def plot(results, out):
@@ -86,7 +87,7 @@ def _panel(ax, model, result):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv, models=batch_scaling.MODELS)
+    args = common.parse_args(__doc__.splitlines()[0], argv, models=MODELS)
     plot(run_all(args.out, args.quick, args.models, args.jobs), args.out)
 
 

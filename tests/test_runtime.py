@@ -1,0 +1,107 @@
+"""The experiments' pinned runtime (`experiments.runtime`): the same spec
+gives identical per-epoch numbers whatever instruction set the machine
+offers at or above the pinned one and whatever its core count. Machines
+are emulated on this one: a cap the process starts with (`XLA_FLAGS`,
+`ONEDNN_MAX_CPU_ISA`) stands for a machine with that much, one CPU in the
+affinity mask for a 1-core machine. Each run is a fresh process."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from experiments import runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# BatchNorm, convolutions, pooling and CLARS's per-example norm kernels.
+SPEC = dict(method="clars", batch_size=2048, learning_rate=4.0, epochs=2, model="cnn3", eta=0.01, seed=1,
+            max_steps=4)
+TRAIN = """
+import json, sys, tempfile
+from experiments import common
+common.configure_runtime()
+summary = common.run(common.RunSpec(**json.loads(sys.argv[1])), tempfile.mkdtemp(), log=lambda *a: None)
+print(json.dumps(summary))
+"""
+AVX512 = "avx512f" in runtime.cpu_flags()
+
+
+def _train(machine_caps=None, pinned=True, cpus=None):
+    """The run summary of SPEC in a fresh process started with `machine_caps`
+    (an ISA name for both caps, or None) and `cpus` (an affinity list)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ONEDNN_MAX_CPU_ISA", runtime.SWITCH)}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2")
+    if machine_caps:
+        env.update(XLA_FLAGS=f"--xla_cpu_max_isa={machine_caps}", ONEDNN_MAX_CPU_ISA=machine_caps)
+    if not pinned:
+        env[runtime.SWITCH] = "0"
+    command = [sys.executable, "-c", TRAIN, json.dumps(SPEC)]
+    if cpus is not None:
+        command = ["taskset", "-c", ",".join(map(str, cpus))] + command
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _numbers(summary):
+    return [(e["train_loss"], e["train_top1"], e["test_top1"]) for e in summary["epochs"]]
+
+
+@pytest.mark.slow
+def test_a_run_is_identical_on_every_machine_at_or_above_the_pinned_instruction_set():
+    reference = _train(runtime.ISA)  # a machine with AVX2 only
+    assert reference["environment"]["xla_cpu_max_isa"] == reference["environment"]["onednn_max_cpu_isa"] == "AVX2"
+    machines = [_train(None)]  # this machine, whatever it has
+    if shutil.which("taskset") and len(os.sched_getaffinity(0)) > 1:
+        machines.append(_train(None, cpus=sorted(os.sched_getaffinity(0))[:1]))  # one core
+    for summary in machines:
+        assert _numbers(summary) == _numbers(reference)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not AVX512, reason="the control needs a machine with AVX-512 to differ from AVX2")
+def test_without_the_pin_the_instruction_set_changes_the_numbers():
+    """The control: the test above could fail, as unpinned runs differ."""
+    host, avx2 = _train(None, pinned=False), _train(runtime.ISA, pinned=False)
+    assert host["environment"]["onednn_max_cpu_isa"] is None
+    assert _numbers(host) != _numbers(avx2)
+
+
+def test_pin_caps_the_instruction_set_and_keeps_other_xla_flags():
+    environ = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX512 --xla_dump_to=/tmp/x", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}
+    runtime.pin(environ)
+    assert environ["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", "--xla_cpu_max_isa=AVX2"]
+    assert environ["ONEDNN_MAX_CPU_ISA"] == "AVX2" and environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+
+
+def test_the_environment_records_the_instruction_set_and_the_caps():
+    env = runtime.environment()
+    assert set(env["cpu_flags"]) <= set(runtime.ISA_FLAGS)
+    assert ("avx2" in env["cpu_flags"]) == ("avx2" in open("/proc/cpuinfo").read().split())
+    assert env["xla_cpu_max_isa"] == env["onednn_max_cpu_isa"] == runtime.ISA and env["threads"] == 1
+
+
+def test_what_differs_from_a_recorded_run_is_said_in_one_line():
+    here = runtime.environment()
+    assert runtime.reproducible_on_this_machine(here) == ""
+    older = dict(here, tensorflow="2.20.0", xla_cpu_max_isa=None, onednn_max_cpu_isa=None)
+    line = runtime.reproducible_on_this_machine(older)
+    assert "\n" not in line
+    assert "the software differs (tensorflow 2.20.0 -> " in line and "the runtime differs (xla_cpu_max_isa None" in line
+    no_avx2 = dict(here, cpu_flags=["sse4_1", "sse4_2", "avx"])
+    assert "the machine differs (the recorded machine lacks AVX2/FMA" in runtime.reproducible_on_this_machine(no_avx2)
+
+
+def test_a_cached_run_of_another_runtime_is_trained_again(tmp_path):
+    from experiments import common
+
+    spec = common.RunSpec(**SPEC)
+    path = tmp_path / (spec.run_id() + ".json")
+    summary = dict(spec=SPEC, run_id=spec.run_id(), environment=runtime.environment())
+    path.write_text(json.dumps(summary))
+    assert common.read_cached(spec, str(tmp_path)) == summary
+    path.write_text(json.dumps(dict(summary, environment=dict(summary["environment"], onednn_max_cpu_isa=None))))
+    assert common.read_cached(spec, str(tmp_path)) is None  # made before the pin: stale
