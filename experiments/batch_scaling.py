@@ -248,20 +248,25 @@ def plot(results, out):
     plt = common.pyplot()
     directory = common.claim_dir(out, NAME)
     models = list(results["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.8), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    columns = min(len(models), 2)
+    rows = -(-len(models) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, 4.8 * rows), squeeze=False)
+    for ax, model in zip(axes.flat, models):
         _accuracy_vs_batch(ax, model, results["models"][model])
-    axes[0][0].set_ylabel(f"test top-1 after {results['models'][models[0]]['epochs']} epochs")
+    for row in axes:
+        row[0].set_ylabel(f"test top-1 after {results['models'][models[0]]['epochs']} epochs")
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
     axes[0][0].legend(fontsize=8, loc="lower left")
     fig.suptitle("Fashion-MNIST: best LR per batch (line: mean of 3 seeds; bars: min-max), every grid point "
                  f"(dots: its seed mean; triangles: below the axis or diverged)", fontsize=9)
     fig.tight_layout()
     common.save(fig, f"{directory}/accuracy_vs_batch.png")
     # LARS Fig. 4: accuracy against LR at the largest batches, one row per model.
-    shown = results["models"][models[0]]["batches"][-2:]
-    fig, axes = plt.subplots(len(models), len(shown), figsize=(5.2 * len(shown), 3.8 * len(models)), squeeze=False)
+    shown = 2
+    fig, axes = plt.subplots(len(models), shown, figsize=(5.2 * shown, 3.8 * len(models)), squeeze=False)
     for row, model in zip(axes, models):
-        for ax, batch in zip(row, shown):
+        for ax, batch in zip(row, results["models"][model]["batches"][-shown:]):
             _accuracy_vs_lr(ax, model, results["models"][model], batch)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
@@ -270,19 +275,21 @@ def plot(results, out):
 
 def _accuracy_vs_batch(ax, model, result):
     batches = result["batches"]
+    method_batches = result.get("method_batches", {m: batches for m in result["methods"]})
     lowest = min(e["best_range"][0] for per_batch in result["methods"].values() for e in per_batch.values())
     floor = min(FLOOR, max(0.0, round(lowest - 0.05, 1)))
     for i, method in enumerate(result["methods"]):
         per_batch = result["methods"][method]
         shift = 2 ** (0.06 * (i - 1))  # side by side at each batch
-        for batch in batches:
+        batches_run = method_batches[method]
+        for batch in batches_run:
             for point in per_batch[str(batch)]["points"]:
                 below = point["mean"] < floor
                 ax.scatter(batch * shift, floor + 0.004 if below else point["mean"], s=16, color=COLORS[method],
                            alpha=0.35, marker="v" if below else "o", linewidths=1)
-        best = [per_batch[str(b)] for b in batches]
+        best = [per_batch[str(b)] for b in batches_run]
         means = [e["best_test_top1"] for e in best]
-        ax.errorbar([b * shift for b in batches], means, color=COLORS[method], label=LABELS[method], lw=2,
+        ax.errorbar([b * shift for b in batches_run], means, color=COLORS[method], label=LABELS[method], lw=2,
                     marker="o", capsize=3,
                     yerr=[[m - e["best_range"][0] for m, e in zip(means, best)],
                           [e["best_range"][1] - m for m, e in zip(means, best)]])
@@ -296,6 +303,8 @@ def _accuracy_vs_batch(ax, model, result):
 
 def _accuracy_vs_lr(ax, model, result, batch):
     for method in result["methods"]:
+        if str(batch) not in result["methods"][method]:
+            continue
         entry = result["methods"][method][str(batch)]
         points = entry["points"]
         lrs = np.array([p["learning_rate"] for p in points])

@@ -38,19 +38,23 @@ def batch_scaling_tables(results):
         for method, per_batch in result["methods"].items():
             cells = []
             for b in batches:
-                e = per_batch[str(b)]
+                e = per_batch.get(str(b))
+                if e is None:  # a batch this method's grid left out
+                    cells.append("-")
+                    continue
                 best = next(p for p in e["points"] if p["best"])
                 cells.append(_cell(e["best_test_top1"], *e["best_range"], sum(best["diverged"]), len(best["diverged"])))
             lines.append(_row([NAMES[method]] + cells))
-        for method, per_batch in result["methods"].items():
-            lines.append(_row([f"{NAMES[method]}: best c"] + [f"{per_batch[str(b)]['best_c']:g}" for b in batches]))
-        for method, per_batch in result["methods"].items():
-            lines.append(_row([f"{NAMES[method]}: good LRs"] +
-                              [f"{per_batch[str(b)]['good_lr_range']['ratio']:g}x" for b in batches]))
-        for method, per_batch in result["methods"].items():
-            diverged = [sum(sum(p["diverged"]) for p in per_batch[str(b)]["points"]) for b in batches]
-            total = [sum(len(p["diverged"]) for p in per_batch[str(b)]["points"]) for b in batches]
-            lines.append(_row([f"{NAMES[method]}: diverged runs"] + [f"{d}/{t}" for d, t in zip(diverged, total)]))
+        rows = (
+            ("best c", lambda e: f"{e['best_c']:g}"),
+            ("good LRs", lambda e: f"{e['good_lr_range']['ratio']:g}x"),
+            ("diverged runs", lambda e: f"{sum(sum(p['diverged']) for p in e['points'])}/"
+                                        f"{sum(len(p['diverged']) for p in e['points'])}"),
+        )
+        for label, cell in rows:
+            for method, per_batch in result["methods"].items():
+                lines.append(_row([f"{NAMES[method]}: {label}"] +
+                                  [cell(per_batch[str(b)]) if str(b) in per_batch else "-" for b in batches]))
         lines.append("")
     return "\n".join(lines)
 
