@@ -61,7 +61,11 @@ $(WHEEL): setup.cfg pyproject.toml $(shell find keras_lars -name '*.py') keras_l
 # TensorFlow (the current release; the default backend): everything but the
 # Model Garden comparison. Then the library's tests from the wheel on JAX and
 # on PyTorch, the comparison with Model Garden's LARS, and the site.
-test: $(VENV)/.installed .venv-jax/.installed .venv-torch/.installed .venv-reference/.installed $(WHEEL) data
+# The four venvs install side by side (mostly downloads and unpacking).
+TEST_VENVS := $(VENV)/.installed .venv-jax/.installed .venv-torch/.installed .venv-reference/.installed
+test:
+	$(MAKE) -j4 $(TEST_VENVS) data
+	$(MAKE) $(WHEEL)
 	$(PYTEST) -m "not heavy and not keras_hub_all" --ignore tests/test_reference_parity.py tests
 	for v in jax torch; do .venv-$$v/bin/pip uninstall -q -y keras-lars; .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done
 	cd tests && KERAS_BACKEND=jax KERAS_LARS_FROM_WHEEL=1 ../.venv-jax/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
