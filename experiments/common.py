@@ -8,10 +8,10 @@ software and CPU it ran on); a later call with the same spec reads that file
 instead of training, so a suite resumes where it stopped. The run files are
 committed, so a fresh clone trains nothing.
 
-Runs are bit-reproducible on any x86-64 machine with AVX2: importing this
-module pins the instruction set the kernels use (`experiments.runtime`),
+Runs are bit-reproducible on any x86-64 machine with AVX2:
 `configure_runtime()` (called by every entry point before TensorFlow runs an
-op) adds one thread and op determinism, and `run` seeds Python, NumPy and TensorFlow from
+op) pins the instruction set the kernels use, one thread and op determinism
+(`experiments.runtime`), and `run` seeds Python, NumPy and TensorFlow from
 `spec.seed` before it builds the datasets (the shuffle's seed pair includes
 TensorFlow's global seed, so an unseeded process and one that had trained
 another run shuffled differently). `python -m experiments.reproduce RUN.json`
@@ -43,12 +43,11 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from experiments import runtime  # noqa: E402  (before TensorFlow: it sets the instruction-set caps)
-
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_lars  # noqa: E402
+from experiments import runtime  # noqa: E402
 from keras_lars.schedules import WarmupPolynomialDecay  # noqa: E402
 from keras_lars.train import models as train_models  # noqa: E402
 

@@ -19,8 +19,10 @@ how each is pinned:
   compiles only the optimizer's per-variable updates.
 
 Both caps are read once, when TensorFlow first compiles or runs a kernel, so
-`pin()` runs when this module is imported, and `experiments.common` imports
-it before TensorFlow runs anything. `environment()` records the host's instruction-set
+`configure()` sets them (`pin()`) and every entry point calls it before
+TensorFlow runs an op. Only those processes are pinned: importing this
+module changes nothing (a test process that imports the experiments keeps
+its own environment, and so do the processes it starts). `environment()` records the host's instruction-set
 features and the caps in effect in every run file.
 """
 
@@ -55,10 +57,12 @@ def pin(environ=os.environ):
 
 
 def configure():
-    """One intra- and inter-op thread and op determinism. Call before
-    TensorFlow runs any op; later calls do nothing."""
+    """The instruction-set caps (`pin()`), one intra- and inter-op thread and
+    op determinism. Call before TensorFlow runs any op; later calls do
+    nothing."""
     if getattr(configure, "done", False):
         return
+    pin()
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
@@ -122,6 +126,3 @@ def reproducible_on_this_machine(recorded):
         if env.get("cpu_flags") is not None and not {"avx2", "fma"} <= set(env["cpu_flags"]):
             parts.append(f"the machine differs ({label} lacks AVX2/FMA, the pinned instruction set)")
     return "; ".join(parts)
-
-
-pin()

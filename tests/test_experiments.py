@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import batch_scaling, common, gradient_variance, reproduce, runtime, trust_ratios
+from experiments import batch_scaling, common, gradient_variance, longer_training, reproduce, runtime, trust_ratios
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -214,8 +214,8 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
                 assert best[0]["seeds"] == [0, 1] and 0 <= entry["best_test_top1"] <= 1
                 if int(batch) >= model["all_seeds_from_batch"]:
                     assert all(p["seeds"] == [0, 1] for p in entry["points"])
-    for claim in ("warmup", "longer_training"):
-        assert list(json.loads((out / claim / "results.json").read_text())["models"]) == list(batch_scaling.MODELS)
+    for claim, models in (("warmup", batch_scaling.MODELS), ("longer_training", longer_training.MODELS)):
+        assert list(json.loads((out / claim / "results.json").read_text())["models"]) == list(models)
     variance = json.loads((out / "gradient_variance" / "results.json").read_text())
     for entry in variance["models"].values():
         assert len(entry["records"]) >= 2 and all(m >= 1 for r in entry["records"] for m in r["gradient_variance_factor"])

@@ -77,14 +77,34 @@ def test_pin_caps_the_instruction_set_and_keeps_other_xla_flags():
     assert environ["ONEDNN_MAX_CPU_ISA"] == "AVX2" and environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
 
 
-def test_the_environment_records_the_instruction_set_and_the_caps():
+def _pinned(monkeypatch):
+    """This process's environment as `runtime.pin` leaves it (undone after the test)."""
+    environ = {}
+    runtime.pin(environ)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_importing_the_experiments_pins_nothing():
+    """Only entry points pin (`configure`): a test process that imports the
+    experiments, and the trainer runs it starts, keep their environment
+    (oneDNN capped at AVX2 has no bfloat16 convolution)."""
+    code = "import os; from experiments import common; print(os.environ.get('ONEDNN_MAX_CPU_ISA'))"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "None", result.stderr[-2000:]
+
+
+def test_the_environment_records_the_instruction_set_and_the_caps(monkeypatch):
+    _pinned(monkeypatch)
     env = runtime.environment()
     assert set(env["cpu_flags"]) <= set(runtime.ISA_FLAGS)
     assert ("avx2" in env["cpu_flags"]) == ("avx2" in open("/proc/cpuinfo").read().split())
     assert env["xla_cpu_max_isa"] == env["onednn_max_cpu_isa"] == runtime.ISA and env["threads"] == 1
 
 
-def test_what_differs_from_a_recorded_run_is_said_in_one_line():
+def test_what_differs_from_a_recorded_run_is_said_in_one_line(monkeypatch):
+    _pinned(monkeypatch)
     here = runtime.environment()
     assert runtime.reproducible_on_this_machine(here) == ""
     older = dict(here, tensorflow="2.20.0", xla_cpu_max_isa=None, onednn_max_cpu_isa=None)
@@ -95,9 +115,10 @@ def test_what_differs_from_a_recorded_run_is_said_in_one_line():
     assert "the machine differs (the recorded machine lacks AVX2/FMA" in runtime.reproducible_on_this_machine(no_avx2)
 
 
-def test_a_cached_run_of_another_runtime_is_trained_again(tmp_path):
+def test_a_cached_run_of_another_runtime_is_trained_again(tmp_path, monkeypatch):
     from experiments import common
 
+    _pinned(monkeypatch)
     spec = common.RunSpec(**SPEC)
     path = tmp_path / (spec.run_id() + ".json")
     summary = dict(spec=SPEC, run_id=spec.run_id(), environment=runtime.environment())
