@@ -55,7 +55,8 @@ def mirrored_strategy():
 # `-n 2 --dist loadfile` the workers take files in this order, so the long
 # ones do not start last and leave one worker idle at the end.
 LONGEST_FIRST = ("test_imagenet_trainer.py", "test_experiments.py", "test_trainer.py", "test_checkpoints.py",
-                 "test_preemption.py", "test_benchmarks.py", "test_applications.py")
+                 "test_preemption.py", "test_simclr_example.py", "test_runtime.py", "test_benchmarks.py",
+                 "test_applications.py")
 
 
 def _rank(item):

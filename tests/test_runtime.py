@@ -59,15 +59,13 @@ def test_a_run_is_identical_on_every_machine_at_or_above_the_pinned_instruction_
         machines.append(_train(None, cpus=sorted(os.sched_getaffinity(0))[:1]))  # one core
     for summary in machines:
         assert _numbers(summary) == _numbers(reference)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not AVX512, reason="the control needs a machine with AVX-512 to differ from AVX2")
-def test_without_the_pin_the_instruction_set_changes_the_numbers():
-    """The control: the test above could fail, as unpinned runs differ."""
-    host, avx2 = _train(None, pinned=False), _train(runtime.ISA, pinned=False)
-    assert host["environment"]["onednn_max_cpu_isa"] is None
-    assert _numbers(host) != _numbers(avx2)
+    if AVX512:
+        # The control: without the pin this machine's AVX-512 kernels give
+        # other numbers than an AVX2 machine's (the reference's caps), so the
+        # comparisons above could fail.
+        unpinned = _train(None, pinned=False)
+        assert unpinned["environment"]["onednn_max_cpu_isa"] is None
+        assert _numbers(unpinned) != _numbers(reference)
 
 
 def test_pin_caps_the_instruction_set_and_keeps_other_xla_flags():
