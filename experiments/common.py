@@ -387,10 +387,10 @@ def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
     return summary
 
 
-def parse_args(description, argv=None, models=None):
-    """The flags every experiment takes: --out, --quick, and --models and
-    --jobs when `models` (the claim's models) is given. Configures the
-    runtime."""
+def parse_args(description, argv=None, models=None, jobs=None):
+    """The flags every experiment takes: --out, --quick, --models when
+    `models` (the claim's models) is given, and --jobs when `jobs` is true
+    (default: when `models` is given). Configures the runtime."""
     parser = argparse.ArgumentParser(description=description)
     if models:
         parser.add_argument(
@@ -398,6 +398,7 @@ def parse_args(description, argv=None, models=None):
             default=",".join(models),
             help="comma-separated subset of " + ", ".join(models) + " (default: all)",
         )
+    if jobs or (jobs is None and models):
         parser.add_argument("--jobs", type=positive_int, default=1, help=JOBS_HELP)
     parser.add_argument(
         "--out",

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import batch_scaling, common, gradient_variance, longer_training, reproduce, runtime, trust_ratios
+from experiments import (batch_scaling, common, gradient_variance, longer_training, reproduce, runtime,
+                         self_supervised, trust_ratios)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -198,6 +199,7 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
         "longer_training": ["accuracy_vs_epochs.png"],
         "gradient_variance": ["gradient_variance.png"],
         "trust_ratios": ["ratio_iteration_1.png", "ratio_over_training.png"],
+        "self_supervised": ["probe_vs_batch.png"],
     }
     for claim, pngs in expected.items():
         results = json.loads((out / claim / "results.json").read_text())
@@ -222,6 +224,13 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
     ratios = json.loads((out / "trust_ratios" / "results.json").read_text())
     low, high = ratios["models"]["resnet8"]["kernel_ratio_range_iteration_1"]
     assert 0 < low < high
+    ssl = json.loads((out / "self_supervised" / "results.json").read_text())
+    for optimizer in self_supervised.OPTIMIZERS:
+        for batch in ssl["batches"]:
+            cell = ssl["simclr"][optimizer][str(batch)]
+            assert cell["best_learning_rate"] == cell["best_c"] * batch / 256 and 0 < cell["mean"] <= 1
+    assert set(ssl["baselines"]) == {"raw_pixels", "random_encoder", "supervised"}
+    assert (out / "self_supervised" / "table.md").read_text() == self_supervised.table(ssl)
     tables = subprocess.run([sys.executable, "-m", "experiments.tables", "--out", str(out)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120, env=env)
     assert tables.returncode == 0, tables.stderr[-3000:]
@@ -262,3 +271,29 @@ def test_committed_runs_reproduce_exactly():
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.count("reproduced exactly") == len(REPRODUCED), result.stdout
+
+
+@pytest.mark.parametrize("peak, expected_grid", [
+    (0.3, [0.075, 0.3, 1.2]),  # interior: no extension
+    (4.8, [0.075, 0.3, 1.2, 4.8, 19.2]),  # past the top edge: two factor-4 steps up
+    (1e-3, [0.3 / 64, 0.3 / 16, 0.075, 0.3, 1.2]),  # below: two steps down, the cap reached
+])
+def test_self_supervised_tuning_rule(monkeypatch, peak, expected_grid):
+    """The rule of `experiments.self_supervised`: factor-4 grid around the
+    recipe's c, extended while the best (seed 0) is on an edge, at most
+    MAX_EXTENSIONS times; seeds 1 and 2 only at the best."""
+    calls = []
+
+    def fake_run(spec, cache):
+        calls.append((spec.learning_rate * 256 / spec.batch_size, spec.seed))
+        c = spec.learning_rate * 256 / spec.batch_size
+        return dict(probe_test_top1=0.9 - 0.01 * abs(np.log(c / peak)), run_id=spec.run_id(), seconds=1.0,
+                    spec=dict(seed=spec.seed), diverged=False)
+
+    monkeypatch.setattr(self_supervised, "run", fake_run)
+    s = self_supervised.settings(quick=False)
+    grid, best, at_best = self_supervised._tune("simclr", "sgd", 2048, s, "unused")
+    np.testing.assert_allclose(grid, expected_grid)
+    assert best == pytest.approx(min(expected_grid, key=lambda c: abs(np.log(c / peak))))
+    assert [r["spec"]["seed"] for r in at_best] == [0, 1, 2]
+    assert {seed for c, seed in calls if not np.isclose(c, best)} == {0}

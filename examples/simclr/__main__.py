@@ -69,7 +69,8 @@ def build_optimizer(name, learning_rate, total_steps, warmup_steps, weight_decay
 
 
 def pretrain(x, args):
-    """Builds and trains the SimCLR model; returns (simclr model, history dict)."""
+    """Builds and trains the SimCLR model; returns (simclr model, history
+    dict). Stops at the first non-finite loss (the history then ends there)."""
     keras.utils.set_random_seed(args.seed)
     steps_per_epoch = len(x) // args.batch if args.steps is None else args.steps
     total = steps_per_epoch * args.epochs
@@ -79,7 +80,8 @@ def pretrain(x, args):
                                             int(round(args.warmup_epochs * steps_per_epoch))),
                   loss=simclr_model.NTXent(args.temperature))
     history = model.fit(x[: steps_per_epoch * args.batch], np.zeros(steps_per_epoch * args.batch, "float32"),
-                        batch_size=args.batch, epochs=args.epochs, shuffle=True, verbose=args.verbose)
+                        batch_size=args.batch, epochs=args.epochs, shuffle=True, verbose=args.verbose,
+                        callbacks=[keras.callbacks.TerminateOnNaN()])
     return model, history.history
 
 
