@@ -56,6 +56,10 @@ ALL_SEEDS_FROM_BATCH = 4096  # every grid point gets every seed from this batch 
 MAX_EXTENSIONS = 8
 MARGIN = 2  # grid points required on either side of the best
 CHANCE = 0.1  # the top-1 a diverged run counts as
+# A final top-1 below this learned nothing (a net predicting one class of ten
+# scores 0.1 on the balanced test set): it counts as CHANCE, so that a grid
+# at chance everywhere extends towards smaller LRs (ties: the smaller LR).
+LEARNED = 0.105
 GOOD_LR_TOLERANCE = 0.02  # top-1, absolute
 FLOOR = 0.5  # the accuracy plot's lower limit, unless a best point lies lower
 LABELS = {"sgd": "SGD+momentum (warmup)", "lars": "LARS (warmup, eta 0.001)", "clars": "CLARS (no warmup, eta 0.01)"}
@@ -112,9 +116,9 @@ def _all_seeds(batch, s):
 
 
 def top1(summary):
-    """Final test top-1 of a run, `CHANCE` if it diverged."""
+    """Final test top-1 of a run, `CHANCE` if it diverged or is below `LEARNED`."""
     value = summary["final_test_top1"]
-    return CHANCE if value is None else value
+    return CHANCE if value is None or value < LEARNED else value
 
 
 def _neighbours(grid, c):

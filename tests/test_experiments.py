@@ -94,6 +94,19 @@ def test_tune_extends_past_either_edge_until_the_best_has_two_points_each_side()
     assert grid == [0.1, 0.2, 0.4, 0.8, 1.6] and best == 0.2  # the old rule stopped here
 
 
+def test_tune_extends_down_from_a_grid_that_learned_nothing():
+    """Runs that end at chance without diverging (one class predicted, top-1
+    0.1 in float32) count as chance: the grid extends to the smaller LRs
+    (cnn3_nobn, SGD at 16K), not stopping at whichever stuck point has the
+    most finite seeds."""
+    stuck = np.float32(0.1).item()
+    scores = {0.025: [None] * 3, 0.05: [None, stuck, None], 0.1: [stuck] * 3, 0.2: [stuck, None, None],
+              0.4: [None] * 3, 0.0125: [stuck] * 3, 0.00625: [0.5] * 3, 0.003125: [0.6] * 3,
+              0.0015625: [0.55] * 3, 0.00078125: [0.5] * 3}
+    grid, _, best = batch_scaling.tune([0.025, 0.05, 0.1, 0.2, 0.4], (0, 1, 2), False, 8, _scripted(scores)[0])
+    assert best == 0.003125 and grid[:2] == [0.00078125, 0.0015625]
+
+
 def test_tune_reports_the_seeds_of_every_extension():
     """Points seeded before an extension stay seeded: every trained run is
     reported (8 was a neighbour of the first best, 4)."""
