@@ -1,6 +1,8 @@
 """Retrains committed runs from their specs and compares their numbers
 exactly: test and train top-1 and train loss after every epoch, the final
-and best test top-1, divergence.
+and best test top-1, divergence (for `experiments.self_supervised`'s runs:
+the pretraining loss per epoch, the probe's and the supervised model's
+test top-1, divergence).
 
     python -m experiments.reproduce RUN.json [RUN.json ...]
 
@@ -19,10 +21,15 @@ from experiments import common, runtime
 
 NUMBERS = ("final_test_top1", "best_test_top1", "diverged")
 PER_EPOCH = ("epoch", "train_loss", "train_top1", "test_top1")
+# experiments.self_supervised's runs: the pretraining loss per epoch and the probe.
+SELF_SUPERVISED_NUMBERS = ("loss", "probe_test_top1", "supervised_test_top1", "diverged")
 
 
 def differences(committed, rerun):
     """The (name, committed, rerun) triples in which two run summaries differ."""
+    if "kind" in committed["spec"]:
+        return [(key, committed.get(key), rerun.get(key)) for key in SELF_SUPERVISED_NUMBERS
+                if committed.get(key) != rerun.get(key)]
     found = [(key, committed.get(key), rerun.get(key)) for key in NUMBERS if committed.get(key) != rerun.get(key)]
     if len(committed["epochs"]) != len(rerun["epochs"]):
         found.append(("epochs", len(committed["epochs"]), len(rerun["epochs"])))
@@ -35,11 +42,18 @@ def reproduce(path, log=print):
     """Retrains the run of `path` in a temporary folder; returns the
     differences (empty when it reproduced)."""
     committed = common.read_json(path)
-    spec = common.RunSpec(**committed["spec"])
+    if "kind" in committed["spec"]:
+        from experiments import self_supervised
+
+        spec = self_supervised.Spec(**committed["spec"])
+        train = self_supervised.train
+    else:
+        spec = common.RunSpec(**committed["spec"])
+        train = lambda spec: common.run(spec, cache, log=lambda *_: None)  # noqa: E731
     if spec.run_id() != committed["run_id"]:
         raise ValueError(f"{path}: its spec gives run id {spec.run_id()!r}, not {committed['run_id']!r}")
     with tempfile.TemporaryDirectory() as cache:
-        rerun = common.run(spec, cache, log=lambda *_: None)
+        rerun = train(spec)
     found = differences(committed, rerun)
     if not found:
         log(f"{committed['run_id']}: reproduced exactly")

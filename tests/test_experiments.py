@@ -244,6 +244,10 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
             assert cell["best_learning_rate"] == cell["best_c"] * batch / 256 and 0 < cell["mean"] <= 1
     assert set(ssl["baselines"]) == {"raw_pixels", "random_encoder", "supervised"}
     assert (out / "self_supervised" / "table.md").read_text() == self_supervised.table(ssl)
+    pretrained = sorted((out / "self_supervised" / "runs").glob("simclr_lars_*.json"))[0]
+    again = subprocess.run([sys.executable, "-m", "experiments.reproduce", str(pretrained)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "reproduced exactly" in again.stdout, again.stdout + again.stderr[-3000:]
     tables = subprocess.run([sys.executable, "-m", "experiments.tables", "--out", str(out)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120, env=env)
     assert tables.returncode == 0, tables.stderr[-3000:]
