@@ -27,7 +27,7 @@ SELF_SUPERVISED_NUMBERS = ("loss", "probe_test_top1", "supervised_test_top1", "d
 
 def differences(committed, rerun):
     """The (name, committed, rerun) triples in which two run summaries differ."""
-    if "kind" in committed["spec"]:
+    if "kind" in committed.get("spec", {}):
         return [(key, committed.get(key), rerun.get(key)) for key in SELF_SUPERVISED_NUMBERS
                 if committed.get(key) != rerun.get(key)]
     found = [(key, committed.get(key), rerun.get(key)) for key in NUMBERS if committed.get(key) != rerun.get(key)]

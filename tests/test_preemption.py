@@ -42,9 +42,12 @@ def _summary(out):
 
 def _weights(out):
     """Every variable of the latest checkpoint: weights (Keras saves the
-    trainable ones under the optimizer), BN statistics, optimizer state."""
+    trainable ones under the optimizer), BN statistics, optimizer state; not
+    the checkpoint's own count of saves (a run preempted at an epoch's end
+    saves once more than one that was not)."""
     reader = tf.train.load_checkpoint(str(out / "checkpoints"))
-    names = [n for n in reader.get_variable_to_shape_map() if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    names = [n for n in reader.get_variable_to_shape_map() if n not in skip]
     assert sum(n.startswith("optimizer/_trainable_variables/") for n in names) > 20
     return {n: reader.get_tensor(n) for n in names}
 
