@@ -111,7 +111,7 @@ def _panel(ax, model, batch, entry):
         ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=COLORS[key], alpha=0.15)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (mean of seeds; band: min-max)")
-    ax.set_title(f"{batch_scaling.TITLES.get(model, model)}, B = {batch}: LARS and CLARS share "
+    ax.set_title(f"{batch_scaling.TITLES.get(model, model)}, B = {batch}:\nLARS and CLARS share "
                  f"gamma = {entry['lars_best_c']:g} x B/256", fontsize=9)
     ax.grid(alpha=0.3)
     ax.set_ylim(0, 1)
