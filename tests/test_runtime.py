@@ -54,7 +54,8 @@ def _numbers(summary):
 def test_a_run_is_identical_on_every_machine_at_or_above_the_pinned_instruction_set():
     # The reference: a 1-core machine with AVX2 only (where taskset and a
     # second core exist); then this machine, whatever it has, on all cores.
-    one_core = sorted(os.sched_getaffinity(0))[:1] if shutil.which("taskset") and len(os.sched_getaffinity(0)) > 1 else None
+    cpus = sorted(os.sched_getaffinity(0))
+    one_core = cpus[:1] if shutil.which("taskset") and len(cpus) > 1 else None
     reference = _train(runtime.ISA, cpus=one_core)
     assert reference["environment"]["xla_cpu_max_isa"] == reference["environment"]["onednn_max_cpu_isa"] == "AVX2"
     assert _numbers(_train(None)) == _numbers(reference)
