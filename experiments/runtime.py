@@ -95,24 +95,32 @@ def caps():
     return dict(xla_cpu_max_isa=xla[-1] if xla else None, onednn_max_cpu_isa=os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
-def environment():
+def pinned_caps():
+    """The caps a training process started now would run under: `ISA` for
+    both when `pinned()`, else this process's."""
+    return dict(xla_cpu_max_isa=ISA, onednn_max_cpu_isa=ISA) if pinned() else caps()
+
+
+def environment(run_caps=None):
     """What a run's numbers depend on besides its spec: software versions,
-    the CPU, its instruction-set features and the caps the run used."""
+    the CPU, its instruction-set features and the caps the run used
+    (`run_caps`, by default this process's `caps()`)."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     return dict(tensorflow=tf.__version__, keras=keras.__version__, numpy=np.__version__,
                 python=platform.python_version(), cpu=cpu_name(), machine=platform.machine(),
-                cpu_flags=cpu_flags(), **caps(), threads=THREADS)
+                cpu_flags=cpu_flags(), **(run_caps or caps()), threads=THREADS)
 
 
-def reproducible_on_this_machine(recorded):
+def reproducible_on_this_machine(recorded, here=None):
     """'' when a run recorded as `recorded` (a run file's "environment") should
-    rerun bit-identically here, else one line saying what differs: the
-    software (versions), the runtime (caps, threads) or the machine (an
-    instruction set below the pinned one)."""
-    here = environment()
+    rerun bit-identically in the environment `here` (by default this
+    process's), else one line saying what differs: the software (versions),
+    the runtime (caps, threads) or the machine (an instruction set below the
+    pinned one)."""
+    here = here or environment()
     software = [f"{k} {recorded.get(k)} -> {here[k]}" for k in ("tensorflow", "keras", "numpy", "python")
                 if recorded.get(k) != here[k]]
     runtime = [f"{k} {recorded.get(k)} -> {here[k]}" for k in ("xla_cpu_max_isa", "onednn_max_cpu_isa", "threads")

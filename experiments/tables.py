@@ -27,7 +27,18 @@ def _row(cells):
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def batch_scaling_tables(results):
+def _train_top1(runs_dir, point):
+    """Mean and range of the final train top-1 of `point`'s seeds, from their
+    run files: with BatchNorm at few steps, test top-1 (BatchNorm's moving
+    statistics) can lag what the optimizer reached."""
+    finals = []
+    for run_id in point["run_ids"]:
+        epochs = common.read_json(os.path.join(runs_dir, run_id + ".json"))["epochs"]
+        finals.append(epochs[-1]["train_top1"] if epochs else batch_scaling.CHANCE)
+    return _cell(sum(finals) / len(finals), min(finals), max(finals))
+
+
+def batch_scaling_tables(results, runs_dir=None):
     lines = []
     for model, result in results["models"].items():
         batches = result["batches"]
@@ -55,6 +66,11 @@ def batch_scaling_tables(results):
             for method, per_batch in result["methods"].items():
                 lines.append(_row([f"{NAMES[method]}: {label}"] +
                                   [cell(per_batch[str(b)]) if str(b) in per_batch else "-" for b in batches]))
+        if runs_dir is not None:
+            for method, per_batch in result["methods"].items():
+                cells = [_train_top1(runs_dir, next(p for p in per_batch[str(b)]["points"] if p["best"]))
+                         if str(b) in per_batch else "-" for b in batches]
+                lines.append(_row([f"{NAMES[method]}: train top-1 (last epoch, training mode) at the best c"] + cells))
         lines.append("")
     return "\n".join(lines)
 
@@ -106,7 +122,9 @@ def main(argv=None):
     for name, table in TABLES.items():
         path = os.path.join(args.out, name, "results.json")
         results = common.read_json(path) if os.path.exists(path) else {}
-        if "models" in results:
+        if name == "batch_scaling" and "models" in results:
+            print(f"## {name}\n\n{table(results, os.path.join(args.out, name, 'runs'))}")
+        elif "models" in results:
             print(f"## {name}\n\n{table(results)}")
         else:
             print(f"## {name}\n\n(no results in this layout: rerun python -m experiments.{name})\n")

@@ -152,6 +152,7 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(fashion_m
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # about a minute; the SIGTERM test also signals during a save: `make test-heavy`
 def test_sigint_during_an_eval_saves_after_it_and_resumes_identically(fashion_mnist_dir, tmp_path, tmp_path_factory):
     flags = ["--optimizer", "clars", "--steps-per-loop", "2"]  # the uninterrupted run of the test above
     whole = _uninterrupted_run(fashion_mnist_dir, tmp_path_factory, flags)

@@ -124,3 +124,18 @@ def test_a_cached_run_of_another_runtime_is_trained_again(tmp_path, monkeypatch)
     assert common.read_cached(spec, str(tmp_path)) == summary
     path.write_text(json.dumps(dict(summary, environment=dict(summary["environment"], onednn_max_cpu_isa=None))))
     assert common.read_cached(spec, str(tmp_path)) is None  # made before the pin: stale
+
+
+def test_an_unpinned_process_judges_a_rerun_by_the_pinned_caps(monkeypatch):
+    """The test process is not pinned, `experiments.reproduce` is: a pinned
+    run is judged against `pinned_caps()`, not this process's caps."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv(runtime.SWITCH, raising=False)
+    assert runtime.caps() == dict(xla_cpu_max_isa=None, onednn_max_cpu_isa=None)
+    assert runtime.pinned_caps() == dict(xla_cpu_max_isa=runtime.ISA, onednn_max_cpu_isa=runtime.ISA)
+    recorded = runtime.environment(runtime.pinned_caps())
+    assert runtime.reproducible_on_this_machine(recorded, runtime.environment(runtime.pinned_caps())) == ""
+    assert "the runtime differs" in runtime.reproducible_on_this_machine(recorded)
+    monkeypatch.setenv(runtime.SWITCH, "0")
+    assert runtime.pinned_caps() == runtime.caps()
