@@ -293,6 +293,26 @@ def test_committed_runs_reproduce_exactly():
     assert result.stdout.count("reproduced exactly") == len(REPRODUCED), result.stdout
 
 
+def test_committed_self_supervised_results_are_complete_and_in_the_docs():
+    """The committed SimCLR table: every optimizer at every batch from its
+    run files, the three baselines, and the docs page shows that table."""
+    ssl_dir = os.path.join(RESULTS, "self_supervised")
+    ssl = json.loads(open(os.path.join(ssl_dir, "results.json")).read())
+    assert ssl["batches"] == [256, 2048] and set(ssl["baselines"]) == {"raw_pixels", "random_encoder", "supervised"}
+    for optimizer in self_supervised.OPTIMIZERS:
+        for batch in ssl["batches"]:
+            cell = ssl["simclr"][optimizer][str(batch)]
+            tops = []
+            for run_id in cell["run_ids"]:
+                run = json.loads(open(os.path.join(ssl_dir, "runs", run_id + ".json")).read())
+                tops.append(run["probe_test_top1"])
+            assert len(tops) == 3 and cell["mean"] == pytest.approx(np.mean(tops), abs=1e-9)
+    table = open(os.path.join(ssl_dir, "table.md")).read()
+    assert table == self_supervised.table(ssl)
+    page = open(os.path.join(ROOT, "docs", "self-supervised.md")).read()
+    assert all(row in page for row in table.strip().splitlines())
+
+
 @pytest.mark.parametrize("peak, expected_grid", [
     (0.3, [0.075, 0.3, 1.2]),  # interior: no extension
     (4.8, [0.075, 0.3, 1.2, 4.8, 19.2]),  # past the top edge: two factor-4 steps up
