@@ -75,6 +75,8 @@ PLANS = {"cnn3": CNN_PLAN, "cnn3_nobn": CNN_PLAN}
 TITLES = {"mlp3": "mlp3: MLP with BatchNorm", "mlp3_nobn": "mlp3_nobn: MLP without BatchNorm",
           "cnn3": "cnn3: CNN with BatchNorm", "cnn3_nobn": "cnn3_nobn: CNN without BatchNorm"}
 
+# --quick checks the pipeline on one MLP with BatchNorm and one CNN without.
+QUICK_MODELS = ("mlp3", "cnn3_nobn")
 QUICK = dict(batches=(1024,), grids={m: g[1:2] for m, g in GRIDS.items()}, seeds=(0, 1), max_steps=2, epochs=2,
              all_seeds_from_batch=1024, max_extensions=0)
 
@@ -329,7 +331,7 @@ def _accuracy_vs_lr(ax, model, result, batch):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv, models=MODELS)
+    args = common.parse_args(__doc__.splitlines()[0], argv, models=MODELS, quick_models=QUICK_MODELS)
     plot(run_grid(args.out, args.quick, args.models, args.jobs), args.out)
 
 

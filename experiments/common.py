@@ -387,16 +387,18 @@ def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
     return summary
 
 
-def parse_args(description, argv=None, models=None, jobs=None):
+def parse_args(description, argv=None, models=None, jobs=None, quick_models=None):
     """The flags every experiment takes: --out, --quick, --models when
     `models` (the claim's models) is given, and --jobs when `jobs` is true
-    (default: when `models` is given). Configures the runtime."""
+    (default: when `models` is given). Configures the runtime. Without
+    --models, --quick runs `quick_models` (default: all of `models`)."""
     parser = argparse.ArgumentParser(description=description)
     if models:
         parser.add_argument(
             "--models",
-            default=",".join(models),
-            help="comma-separated subset of " + ", ".join(models) + " (default: all)",
+            default=None,
+            help="comma-separated subset of " + ", ".join(models) + " (default: all"
+            + (f"; with --quick: {','.join(quick_models)}" if quick_models else "") + ")",
         )
     if jobs or (jobs is None and models):
         parser.add_argument("--jobs", type=positive_int, default=1, help=JOBS_HELP)
@@ -414,6 +416,8 @@ def parse_args(description, argv=None, models=None, jobs=None):
     if args.out is None:
         args.out = "runs/experiments_quick" if args.quick else "docs/results"
     if models:
+        if args.models is None:
+            args.models = ",".join(quick_models if args.quick and quick_models else models)
         args.models = tuple(m for m in args.models.split(",") if m)
         unknown = sorted(set(args.models) - set(models))
         if unknown or not args.models:

@@ -119,7 +119,8 @@ def _panel(ax, model, batch, entry):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv, models=batch_scaling.MODELS)
+    args = common.parse_args(__doc__.splitlines()[0], argv, models=batch_scaling.MODELS,
+                             quick_models=batch_scaling.QUICK_MODELS)
     plot(run_all(args.out, args.quick, args.models, args.jobs), args.out)
 
 
