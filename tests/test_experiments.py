@@ -1,6 +1,7 @@
 """The experiments package: its pieces against independent references, and
 the `--quick` suite end to end (results files, plots, caching)."""
 
+import glob
 import json
 import os
 import subprocess
@@ -352,3 +353,22 @@ def test_self_supervised_tuning_rule(monkeypatch, peak, expected_grid):
     assert best == pytest.approx(min(expected_grid, key=lambda c: abs(np.log(c / peak))))
     assert [r["spec"]["seed"] for r in at_best] == [0, 1, 2]
     assert {seed for c, seed in calls if not np.isclose(c, best)} == {0}
+
+
+def test_every_committed_run_is_a_run_of_the_pinned_runtime():
+    """Every committed run file records the host's instruction-set features
+    and the caps and thread count of `experiments.runtime` (issue 33), and
+    every run that batch_scaling's results.json names is committed."""
+    paths = sorted(glob.glob(os.path.join(RESULTS, "*", "runs", "*.json")))
+    assert len(paths) > 1000
+    unpinned = []
+    for path in paths:
+        recorded = json.loads(open(path).read())["environment"]
+        if not {"avx2", "fma"} <= set(recorded.get("cpu_flags", ())) or any(recorded.get(k) != v for k, v in dict(xla_cpu_max_isa=runtime.ISA, onednn_max_cpu_isa=runtime.ISA, threads=runtime.THREADS).items()):
+            unpinned.append(os.path.relpath(path, RESULTS))
+    assert not unpinned, f"{len(unpinned)} run files unpinned or without ISA features, e.g. {unpinned[:3]}"
+    scaling = json.loads(open(os.path.join(RESULTS, "batch_scaling", "results.json")).read())
+    named = {run_id for model in scaling["models"].values() for method in model["methods"].values()
+             for entry in method.values() for point in entry["points"] for run_id in point["run_ids"]}
+    committed = {os.path.basename(p)[:-5] for p in paths if "/batch_scaling/" in p}
+    assert named <= committed and len(named) > 900
