@@ -361,10 +361,12 @@ def test_every_committed_run_is_a_run_of_the_pinned_runtime():
     every run that batch_scaling's results.json names is committed."""
     paths = sorted(glob.glob(os.path.join(RESULTS, "*", "runs", "*.json")))
     assert len(paths) > 1000
+    pinned = dict(xla_cpu_max_isa=runtime.ISA, onednn_max_cpu_isa=runtime.ISA, threads=runtime.THREADS)
     unpinned = []
     for path in paths:
         recorded = json.loads(open(path).read())["environment"]
-        if not {"avx2", "fma"} <= set(recorded.get("cpu_flags", ())) or any(recorded.get(k) != v for k, v in dict(xla_cpu_max_isa=runtime.ISA, onednn_max_cpu_isa=runtime.ISA, threads=runtime.THREADS).items()):
+        has_features = {"avx2", "fma"} <= set(recorded.get("cpu_flags", ()))
+        if not has_features or any(recorded.get(k) != v for k, v in pinned.items()):
             unpinned.append(os.path.relpath(path, RESULTS))
     assert not unpinned, f"{len(unpinned)} run files unpinned or without ISA features, e.g. {unpinned[:3]}"
     scaling = json.loads(open(os.path.join(RESULTS, "batch_scaling", "results.json")).read())
