@@ -14,7 +14,7 @@ FASHION_MNIST_JOB := --dataset fashion_mnist --model resnet8 --global-batch-size
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[train,plots,test,docs]'
+	$(PY) -m pip install -q -e '.[train,plots,experiments,test,docs]'
 	touch $@
 
 # Debian's copy of Fashion-MNIST lets the real TFDS builder prepare it offline.

@@ -14,8 +14,8 @@ import json
 import os
 import time
 
-CLAIMS = ("batch_scaling", "warmup", "longer_training", "gradient_variance", "trust_ratios", "self_supervised")
-PARALLEL = ("batch_scaling", "warmup", "longer_training", "self_supervised")  # the claims that take --jobs
+CLAIMS = ("batch_scaling", "bias_exclusion", "warmup", "longer_training", "gradient_variance", "trust_ratios", "self_supervised")
+PARALLEL = ("batch_scaling", "bias_exclusion", "warmup", "longer_training", "self_supervised")  # the claims that take --jobs
 
 
 def main(argv=None):

@@ -21,22 +21,35 @@ it). The rule, the same for every method and model:
   with seeds 1 and 2, below that the best seed-0 point and both its
   neighbours do (and the neighbours of whichever point is then best; points
   seeded before an extension stay seeded, so every trained run is reported);
-- a point's score is the mean final test top-1 over the seeds it ran, a
-  diverged run counting as chance (0.1); the best point is the best seed
-  mean among the points with 3 seeds (there is no separate validation split,
-  as in the papers);
+- a point's score is the mean final VALIDATION top-1 over the seeds it ran
+  (the last 10,000 training images, held out from training: `VALIDATION_EXAMPLES`),
+  a diverged run counting as chance (0.1); the best point is the best seed
+  mean among the points with 3 seeds; test top-1 is read only to report
+  the chosen points, never to choose;
 - where the best lies on an edge of the grid or next to one, the grid is
   extended by a factor-2 step beyond that edge, until the best has
   `MARGIN` (2) grid points on either side (at most `MAX_EXTENSIONS` steps,
   a safety cap). One point per side is not enough: accuracy against LR is
   not unimodal near the divergence edge (mlp3, LARS, B = 16384 scored
   0.529 / 0.588 / 0.577 at c = 0.1 / 0.2 / 0.4, and 0.05 had not been
-  tried).
+  tried);
+- claim 2b's interval of good LRs (`good_lr_range`, on validation) is then
+  widened with seed-0 runs: while it reaches an end of the grid, the grid
+  is extended by a factor 2 beyond that end (at most `MAX_EXTENSIONS`
+  steps a side); an interval that still reaches an end is reported as open
+  there ("at least").
+
+BatchNorm (mlp3, cnn3) uses the trainer's momentum, 0.9 (MLPerf's), and
+every run also records its final top-1 under precise BatchNorm statistics
+(`experiments.precise_bn`). Runs made before these rules (test-set
+selection, Keras's momentum 0.99) are kept in the runs folder; their
+tables are in `results_before_issue44.json`.
 """
 
 import numpy as np
 
-from experiments import common
+from experiments import common, paired
+from keras_lars.train.models import BN_MOMENTUM
 
 NAME = "batch_scaling"
 MODELS = ("mlp3", "mlp3_nobn", "cnn3", "cnn3_nobn")
@@ -61,6 +74,7 @@ CHANCE = 0.1  # the top-1 a diverged run counts as
 # at chance everywhere extends towards smaller LRs (ties: the smaller LR).
 LEARNED = 0.105
 GOOD_LR_TOLERANCE = 0.02  # top-1, absolute
+VALIDATION_EXAMPLES = 10000  # the last 10,000 of the 60,000 training images
 FLOOR = 0.5  # the accuracy plot's lower limit, unless a best point lies lower
 LABELS = {"sgd": "SGD+momentum (warmup)", "lars": "LARS (warmup, eta 0.001)", "clars": "CLARS (no warmup, eta 0.01)"}
 COLORS = {"sgd": "tab:gray", "lars": "tab:blue", "clars": "tab:red"}
@@ -81,11 +95,14 @@ QUICK = dict(batches=(1024,), grids={m: g[1:2] for m, g in GRIDS.items()}, seeds
              all_seeds_from_batch=1024, max_extensions=0)
 
 
-def spec(model, method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epochs=None):
+def spec(model, method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epochs=None, adapt_biases=False):
     """The run for (model, method, batch, grid point c): gamma = c * batch / 256."""
     if warmup_epochs is None:
         warmup_epochs = 0 if method == "clars" else WARMUP_EPOCHS
     return common.RunSpec(
+        validation_examples=VALIDATION_EXAMPLES,
+        batch_norm_momentum=BN_MOMENTUM if model in common.BATCH_NORM_MODELS else None,
+        adapt_biases=adapt_biases,
         method=method,
         batch_size=batch,
         learning_rate=c * batch / 256,
@@ -117,9 +134,10 @@ def _all_seeds(batch, s):
     return s["all_seeds_from_batch"] is not None and batch >= s["all_seeds_from_batch"]
 
 
-def top1(summary):
-    """Final test top-1 of a run, `CHANCE` if it diverged or is below `LEARNED`."""
-    value = summary["final_test_top1"]
+def score(summary, key="final_validation_top1"):
+    """The tuning score of a run: its final validation top-1 (or `key`),
+    `CHANCE` if it diverged or is below `LEARNED`."""
+    value = summary[key]
     return CHANCE if value is None or value < LEARNED else value
 
 
@@ -134,10 +152,10 @@ def tune(grid, seeds, all_seeds, max_extensions, train, margin=MARGIN):
     actually run, sorted; set of points run with every seed; best c)."""
     grid, seeded = sorted(grid), set()  # seeded: kept across extensions, so that every run is reported
     for extension in range(max_extensions + 1):
-        first = {c: top1(train(c, seeds[0])) for c in grid}
+        first = {c: score(train(c, seeds[0])) for c in grid}
         seeded |= set(grid) if all_seeds else _neighbours(grid, max(grid, key=lambda c: (first[c], -c)))
         while True:
-            means = {c: float(np.mean([top1(train(c, seed)) for seed in seeds])) for c in seeded}
+            means = {c: float(np.mean([score(train(c, seed)) for seed in seeds])) for c in seeded}
             best = max(sorted(seeded), key=lambda c: means[c])  # ties: the smaller LR
             if _neighbours(grid, best) <= seeded:
                 break
@@ -148,30 +166,64 @@ def tune(grid, seeds, all_seeds, max_extensions, train, margin=MARGIN):
         grid = sorted(grid + [grid[0] / 2 if i < len(grid) - 1 - i else grid[-1] * 2])  # the nearer edge
 
 
-def good_lr_range(points, tolerance=GOOD_LR_TOLERANCE):
-    """LARS Fig. 4's "interval of good LRs": the largest and smallest LR of
-    the contiguous run of grid points around the best whose score (seed mean)
-    is within `tolerance` of the best's, and their ratio."""
-    ordered = sorted(points, key=lambda p: p["learning_rate"])
-    scores = [p["mean"] for p in ordered]
-    best = next(i for i, p in enumerate(ordered) if p.get("best"))
+def _interval(scores, best, tolerance):
+    """(low, high) indices of the contiguous run around index `best` of
+    `scores` (ordered by LR) within `tolerance` of `scores[best]`."""
     low = high = best
     while low > 0 and scores[low - 1] >= scores[best] - tolerance:
         low -= 1
-    while high < len(ordered) - 1 and scores[high + 1] >= scores[best] - tolerance:
+    while high < len(scores) - 1 and scores[high + 1] >= scores[best] - tolerance:
         high += 1
+    return low, high
+
+
+def good_lr_range(points, tolerance=GOOD_LR_TOLERANCE):
+    """LARS Fig. 4's "interval of good LRs": the largest and smallest LR of
+    the contiguous run of grid points around the best whose score (seed
+    mean of validation top-1) is within `tolerance` of the best's, their
+    ratio, and whether each end is the grid's own (`low_open`, `high_open`:
+    the interval may reach further, its ratio is a lower bound)."""
+    ordered = sorted(points, key=lambda p: p["learning_rate"])
+    best = next(i for i, p in enumerate(ordered) if p.get("best"))
+    low, high = _interval([p["mean"] for p in ordered], best, tolerance)
     lo, hi = ordered[low]["learning_rate"], ordered[high]["learning_rate"]
-    return dict(tolerance=tolerance, low=lo, high=hi, ratio=hi / lo)
+    return dict(tolerance=tolerance, low=lo, high=hi, ratio=hi / lo, low_open=low == 0,
+                high_open=high == len(ordered) - 1)
+
+
+def widen_for_interval(grid, seeded, best, seeds, max_extensions, train, tolerance=GOOD_LR_TOLERANCE):
+    """Claim 2b's extension: the grid (sorted) after factor-2 steps with
+    `seeds[0]` beyond each end that the interval of good LRs reaches, at
+    most `max_extensions` a side. A point's score is its seed mean over
+    `seeds` when in `seeded`, else its `seeds[0]` score."""
+    grid = sorted(grid)
+    added = {"low": 0, "high": 0}
+    while True:
+        scores = [float(np.mean([score(train(c, seed)) for seed in (seeds if c in seeded else seeds[:1])]))
+                  for c in grid]
+        low, high = _interval(scores, grid.index(best), tolerance)
+        if low == 0 and added["low"] < max_extensions:
+            grid, added["low"] = [grid[0] / 2] + grid, added["low"] + 1
+        elif high == len(grid) - 1 and added["high"] < max_extensions:
+            grid, added["high"] = grid + [grid[-1] * 2], added["high"] + 1
+        else:
+            return grid
 
 
 def _point(c, summaries, best):
-    tops = [s["final_test_top1"] for s in summaries]
-    scores = [top1(s) for s in summaries]
-    return dict(c=c, learning_rate=summaries[0]["spec"]["learning_rate"], best=best,
-                seeds=[s["spec"]["seed"] for s in summaries], final_test_top1=tops,
-                diverged=[s["diverged"] for s in summaries], mean=float(np.mean(scores)),
-                min=float(min(scores)), max=float(max(scores)), seconds=sum(s["seconds"] for s in summaries),
-                run_ids=[s["run_id"] for s in summaries])
+    validation = [s["final_validation_top1"] for s in summaries]
+    scores = [score(s) for s in summaries]
+    tests = [score(s, "final_test_top1") for s in summaries]
+    point = dict(c=c, learning_rate=summaries[0]["spec"]["learning_rate"], best=best,
+                 seeds=[s["spec"]["seed"] for s in summaries], final_validation_top1=validation,
+                 final_test_top1=[s["final_test_top1"] for s in summaries],
+                 diverged=[s["diverged"] for s in summaries], mean=float(np.mean(scores)),
+                 min=float(min(scores)), max=float(max(scores)), test_mean=float(np.mean(tests)),
+                 test_min=float(min(tests)), test_max=float(max(tests)),
+                 seconds=sum(s["seconds"] for s in summaries), run_ids=[s["run_id"] for s in summaries])
+    if "final_test_top1_precise_bn" in summaries[0]:
+        point["final_test_top1_precise_bn"] = [s["final_test_top1_precise_bn"] for s in summaries]
+    return point
 
 
 def _train(model, method, batch, s, cache, jit):
@@ -181,9 +233,12 @@ def _train(model, method, batch, s, cache, jit):
     return train
 
 
-def _tune(model, method, batch, s, cache, jit):
-    return tune(s["grids"][method], s["seeds"], _all_seeds(batch, s), s["max_extensions"],
-                _train(model, method, batch, s, cache, jit))
+def _tune(model, method, batch, s, cache, jit, train=None):
+    """(grid, seeded, best) of one (model, method, batch): `tune`, then
+    `widen_for_interval`; `train` defaults to training (cached) runs."""
+    train = train or _train(model, method, batch, s, cache, jit)
+    grid, seeded, best = tune(s["grids"][method], s["seeds"], _all_seeds(batch, s), s["max_extensions"], train)
+    return widen_for_interval(grid, seeded, best, s["seeds"], s["max_extensions"], train), seeded, best
 
 
 class _NotCached(Exception):
@@ -199,7 +254,7 @@ def _cached(model, method, batch, s, cache, jit):
         return summary
 
     try:
-        tune(s["grids"][method], s["seeds"], _all_seeds(batch, s), s["max_extensions"], train)
+        _tune(model, method, batch, s, cache, jit, train)
         return True
     except _NotCached:
         return False
@@ -222,13 +277,38 @@ def run_model(model, s, cache, jit):
                       for c in grid]
             entry = next(p for p in points if p["best"])
             methods.setdefault(method, {})[str(batch)] = dict(
-                points=points, best_c=best, best_test_top1=entry["mean"], best_range=[entry["min"], entry["max"]],
+                points=points, best_c=best, best_validation_top1=entry["mean"], best_test_top1=entry["test_mean"],
+                best_range=[entry["test_min"], entry["test_max"]],
                 extended=[c for c in grid if c not in s["grids"][method]], good_lr_range=good_lr_range(points))
-    return dict(epochs=s["epochs"], warmup_epochs=WARMUP_EPOCHS, weight_decay=WEIGHT_DECAY,
+    return dict(paired=paired_differences(methods), epochs=s["epochs"], warmup_epochs=WARMUP_EPOCHS, weight_decay=WEIGHT_DECAY,
+                validation_examples=VALIDATION_EXAMPLES,
+                batch_norm_momentum=BN_MOMENTUM if model in common.BATCH_NORM_MODELS else None,
                 base_grids={m: list(s["grids"][m]) for m in common.METHODS}, etas=dict(ETAS),
                 seeds=list(s["seeds"]), all_seeds_from_batch=s["all_seeds_from_batch"],
                 batches=list(s["batches"]), method_batches={m: list(b) for m, b in s["method_batches"].items()},
                 methods=methods)
+
+
+# The seed-paired comparisons of the tables: (a, b) for a - b.
+COMPARISONS = (("lars", "sgd"), ("clars", "lars"), ("clars", "sgd"))
+
+
+def paired_differences(methods):
+    """{"lars-sgd": {batch: paired difference}, ...}: test top-1 at each
+    method's chosen c, paired by seed (a diverged run counting as chance),
+    for every batch both methods ran (`experiments.paired`)."""
+    found = {}
+    for a, b in COMPARISONS:
+        if a not in methods or b not in methods:
+            continue
+        for batch in methods[a]:
+            if batch not in methods[b]:
+                continue
+            best = [next(p for p in methods[m][batch]["points"] if p["best"]) for m in (a, b)]
+            scores = [[CHANCE if t is None or t < LEARNED else t for t in p["final_test_top1"]] for p in best]
+            found.setdefault(f"{a}-{b}", {})[batch] = paired.paired_difference(
+                scores[0], scores[1], best[0]["seeds"], best[1]["seeds"])
+    return found
 
 
 def run_grid(out, quick=False, models=MODELS, jobs=1):
@@ -264,8 +344,9 @@ def plot(results, out):
     for ax in axes.flat[len(models):]:
         ax.set_visible(False)
     axes[0][0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("Fashion-MNIST: best LR per batch (line: mean of 3 seeds; bars: min-max), every grid point "
-                 f"(dots: its seed mean; triangles: below the axis or diverged)", fontsize=9)
+    fig.suptitle("Fashion-MNIST: test top-1 at the LR chosen on validation (line: mean of 3 seeds; bars: min-max);\n"
+                 "every grid point's validation top-1 (open dots: seed mean; triangles: below the axis or diverged)",
+                 fontsize=9)
     fig.tight_layout()
     common.save(fig, f"{directory}/accuracy_vs_batch.png")
     # LARS Fig. 4: accuracy against LR at the largest batches, one row per model.
@@ -291,8 +372,8 @@ def _accuracy_vs_batch(ax, model, result):
         for batch in batches_run:
             for point in per_batch[str(batch)]["points"]:
                 below = point["mean"] < floor
-                ax.scatter(batch * shift, floor + 0.004 if below else point["mean"], s=16, color=COLORS[method],
-                           alpha=0.35, marker="v" if below else "o", linewidths=1)
+                ax.scatter(batch * shift, floor + 0.004 if below else point["mean"], s=16, facecolors="none",
+                           edgecolors=COLORS[method], alpha=0.5, marker="v" if below else "o", linewidths=1)
         best = [per_batch[str(b)] for b in batches_run]
         means = [e["best_test_top1"] for e in best]
         ax.errorbar([b * shift for b in batches_run], means, color=COLORS[method], label=LABELS[method], lw=2,
@@ -315,17 +396,19 @@ def _accuracy_vs_lr(ax, model, result, batch):
         points = entry["points"]
         lrs = np.array([p["learning_rate"] for p in points])
         ax.plot(lrs, [p["mean"] for p in points], "-o", ms=4, color=COLORS[method], label=LABELS[method])
+        ax.plot(entry["best_c"] * batch / 256, entry["best_test_top1"], "D", color=COLORS[method], ms=6,
+                markeredgecolor="black")
         ax.fill_between(lrs, [p["min"] for p in points], [p["max"] for p in points], color=COLORS[method], alpha=0.15)
         for p in points:
             if any(p["diverged"]):
                 ax.plot(p["learning_rate"], p["mean"], "x", color="black", ms=8)
-        ax.plot(entry["best_c"] * batch / 256, entry["best_test_top1"], "*", color=COLORS[method], ms=14,
+        ax.plot(entry["best_c"] * batch / 256, entry["best_validation_top1"], "*", color=COLORS[method], ms=14,
                 markeredgecolor="black")
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate gamma (after linear scaling)")
-    ax.set_ylabel(f"test top-1 after {result['epochs']} epochs")
-    ax.set_title(f"{TITLES.get(model, model)}, B = {batch}\n(mean, band: min-max of 3 seeds; star: best; "
-                 "x: a seed diverged)", fontsize=9)
+    ax.set_ylabel(f"validation top-1 after {result['epochs']} epochs")
+    ax.set_title(f"{TITLES.get(model, model)}, B = {batch}\n(seed mean, band: min-max; star: chosen; diamond: its "
+                 "test top-1; x: a seed diverged)", fontsize=9)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
 

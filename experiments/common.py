@@ -47,12 +47,13 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_lars  # noqa: E402
-from experiments import runtime  # noqa: E402
+from experiments import precise_bn, runtime  # noqa: E402
 from keras_lars.schedules import WarmupPolynomialDecay  # noqa: E402
 from keras_lars.train import models as train_models  # noqa: E402
 
 METHODS = ("sgd", "lars", "clars")
 MODELS = ("mlp3", "mlp3_nobn", "cnn3", "cnn3_nobn", "resnet8", "resnet50", "fcn5", "cnn5")
+BATCH_NORM_MODELS = ("mlp3", "cnn3")  # whose BatchNorm momentum a spec sets (the ResNets have the trainer's)
 END_LEARNING_RATE = 1e-4
 TRAIN_EXAMPLES = 60000
 NUM_CLASSES = 10
@@ -85,6 +86,18 @@ class RunSpec:
             only the first 1,000 test images are evaluated (the `--quick` mode).
         statistics_every: int, 0 or log `keras_lars` layer statistics every N
             steps (LARS/CLARS/SGD-as-LARS only).
+        validation_examples: int in [0, 60000), the last this many of the
+            60,000 training images, held out: never trained on, evaluated
+            after every epoch (`validation_top1`). 0: none (runs before
+            issue 44).
+        batch_norm_momentum: float in [0, 1), the momentum of mlp3's and
+            cnn3's BatchNorm layers (Keras's default 0.99 in runs before
+            issue 44; the trainer's and MLPerf's is 0.9), or None for a model
+            without BatchNorm. The trainer's ResNets use the trainer's 0.9.
+        adapt_biases: bool; True gives every variable of rank <= 1 (biases,
+            and BatchNorm's gamma and beta where present) LARS's or CLARS's
+            trust ratio instead of the global LR (they stay out of weight
+            decay). False: the library's default exclusion.
     """
 
     method: str
@@ -102,30 +115,59 @@ class RunSpec:
     seed: int = 0
     max_steps: int = 0
     statistics_every: int = 0
+    validation_examples: int = 0
+    batch_norm_momentum: float | None = 0.99
+    adapt_biases: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}. Received: {self.method!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}. Received: {self.model!r}")
-        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= TRAIN_EXAMPLES):
-            raise ValueError(f"batch_size must be an int in [1, {TRAIN_EXAMPLES}]. Received: {self.batch_size!r}")
+        if not (isinstance(self.validation_examples, int) and 0 <= self.validation_examples < TRAIN_EXAMPLES):
+            raise ValueError(f"validation_examples must be an int in [0, {TRAIN_EXAMPLES}). "
+                             f"Received: {self.validation_examples!r}")
+        train = TRAIN_EXAMPLES - self.validation_examples
+        if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= train):
+            raise ValueError(f"batch_size must be an int in [1, {train}] (the training images left after the "
+                             f"validation split). Received: {self.batch_size!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate!r}")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"epochs must be an int >= 1. Received: {self.epochs!r}")
+        if self.batch_norm_momentum is not None and not 0 <= self.batch_norm_momentum < 1:
+            raise ValueError(f"batch_norm_momentum must be None or in [0, 1). Received: {self.batch_norm_momentum!r}")
+        if self.batch_norm_momentum is None and self.model in BATCH_NORM_MODELS:
+            raise ValueError(f"model {self.model!r} has BatchNorm: batch_norm_momentum must be in [0, 1), not None")
+        if self.adapt_biases and self.method == "sgd":
+            raise ValueError("adapt_biases=True needs method 'lars' or 'clars' (\"sgd\" adapts no variable). "
+                             f"Received: method={self.method!r}")
+
+    @property
+    def train_examples(self):
+        return TRAIN_EXAMPLES - self.validation_examples
 
     @property
     def steps_per_epoch(self):
-        steps = TRAIN_EXAMPLES // self.batch_size
+        steps = self.train_examples // self.batch_size
         return min(steps, self.max_steps) if self.max_steps else steps
 
     def run_id(self):
-        """A readable, unique file name stem for this spec."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """A readable, unique file name stem for this spec. Fields added after
+        the first committed runs (`ADDED_FIELDS`) enter the hash only when
+        they differ from their default, so that those runs keep their ids."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items()
+                  if k not in ADDED_FIELDS or v != ADDED_FIELDS[k]}
+        text = json.dumps(fields, sort_keys=True)
         digest = hashlib.sha1(text.encode()).hexdigest()[:8]
         return f"{self.model}_{self.method}_b{self.batch_size}_lr{self.learning_rate:g}_e{self.epochs}_s{self.seed}_{digest}"
 
+
+# Fields added to RunSpec after runs were committed, with their defaults.
+ADDED_FIELDS = dict(validation_examples=0, batch_norm_momentum=0.99, adapt_biases=False)
+# Precise BatchNorm statistics (`experiments.precise_bn`) are computed over the
+# first this many training images (the same for every run).
+PRECISE_BN_EXAMPLES = 10000
 
 _DATA = {}
 
@@ -170,23 +212,40 @@ def _images(x, image_size):
 
 
 def datasets(spec):
-    """(train, test) `tf.data.Dataset`s: the train order depends only on
-    `spec.seed`, so every method sees the same batches."""
+    """(train, validation, test) `tf.data.Dataset`s (validation None when
+    `spec.validation_examples` is 0): train is the first
+    `spec.train_examples` training images, validation the rest; the train
+    order depends only on `spec.seed`, so every method sees the same
+    batches."""
     x, y, x_test, y_test = fashion_mnist()
-    train = tf.data.Dataset.from_tensor_slices((x, y))
-    train = train.shuffle(len(x), seed=spec.seed, reshuffle_each_iteration=True)
+    n = spec.train_examples
+    train = tf.data.Dataset.from_tensor_slices((x[:n], y[:n]))
+    train = train.shuffle(n, seed=spec.seed, reshuffle_each_iteration=True)
     train = train.batch(spec.batch_size, drop_remainder=True)
     test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(1000)
-    if spec.max_steps:  # the quick mode: a few train steps, one test batch
+    validation = tf.data.Dataset.from_tensor_slices((x[n:], y[n:])).batch(1000) if n < len(x) else None
+    if spec.max_steps:  # the quick mode: a few train steps, one test (and validation) batch
         train, test = train.take(spec.max_steps), test.take(1)
+        validation = validation and validation.take(1)
     if spec.image_size != 28:
         resize = lambda a, b: (_images(a, spec.image_size), b)  # noqa: E731
         train, test = train.map(resize), test.map(resize)
-    return train.prefetch(2), test.prefetch(2)
+        validation = validation and validation.map(resize)
+    return train.prefetch(2), validation and validation.prefetch(2), test.prefetch(2)
 
 
-def build_model(name, image_size=28):
-    """A model of `MODELS`, ending in a float32 softmax (as the trainer's):
+def precise_bn_images(spec):
+    """The training images precise BatchNorm statistics are computed over:
+    the first `PRECISE_BN_EXAMPLES` (1,000 in the quick mode), as float32
+    NumPy."""
+    x = fashion_mnist()[0]
+    images = x[:1000 if spec.max_steps else PRECISE_BN_EXAMPLES]
+    return images if spec.image_size == 28 else _images(images, spec.image_size).numpy()
+
+
+def build_model(name, image_size=28, batch_norm_momentum=0.99):
+    """A model of `MODELS`, ending in a float32 softmax (as the trainer's);
+    mlp3's and cnn3's BatchNorm layers use `batch_norm_momentum`:
 
     - resnet8, resnet50: the trainer's CIFAR ResNet-8 and ResNet-50 v1.5.
     - mlp3: 784-512-256-128-10 with BatchNorm and ReLU (bias-free hidden
@@ -209,12 +268,13 @@ def build_model(name, image_size=28):
     layers = keras.layers
     inputs = keras.Input((image_size, image_size, 1), name="images")
     if name in ("cnn3", "cnn3_nobn"):
-        return _cnn3(inputs, batch_norm=name == "cnn3")
+        return _cnn3(inputs, batch_norm_momentum if name == "cnn3" else None)
     x = layers.Flatten(name="flatten")(inputs) if name != "cnn5" else inputs
     if name == "mlp3":
         for i, width in enumerate((512, 256, 128)):
             x = layers.Dense(width, use_bias=False, name=f"fc{i + 1}")(x)
-            x = layers.ReLU(name=f"relu{i + 1}")(layers.BatchNormalization(name=f"bn{i + 1}")(x))
+            x = layers.BatchNormalization(momentum=batch_norm_momentum, name=f"bn{i + 1}")(x)
+            x = layers.ReLU(name=f"relu{i + 1}")(x)
     elif name == "mlp3_nobn":
         for i, width in enumerate((512, 256, 128)):
             x = layers.Dense(width, activation="relu", name=f"fc{i + 1}")(x)
@@ -236,13 +296,15 @@ CNN3_CONVS = ((8, 5), (16, 3), (32, 3))  # (filters, kernel size) of cnn3's conv
 CNN3_DENSE = 64
 
 
-def _cnn3(inputs, batch_norm):
+def _cnn3(inputs, batch_norm_momentum):
+    """cnn3 with BatchNorm of that momentum, or cnn3_nobn when it is None."""
     layers = keras.layers
+    batch_norm = batch_norm_momentum is not None
 
     def block(x, layer, index):
         x = layer(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"bn{index}")(x)
+            x = layers.BatchNormalization(momentum=batch_norm_momentum, name=f"bn{index}")(x)
         return layers.ReLU(name=f"relu{index}")(x)
 
     x = inputs
@@ -275,28 +337,45 @@ def build_optimizer(spec):
     )
     if spec.method == "sgd":
         return keras_lars.LARS(exclude_from_layer_adaptation=lambda variable: True, **options)
+    if spec.adapt_biases:
+        options["exclude_from_layer_adaptation"] = []
     if spec.method == "lars":
         return keras_lars.LARS(**options)
     return keras_lars.CLARS(**options)
 
 
 class _EpochLog(keras.callbacks.Callback):
-    def __init__(self):
+    """Records each epoch's numbers: fit's own (train loss and top-1, test
+    top-1 as fit's validation data) and, when given, validation top-1; after
+    the last epoch also both top-1s under precise BatchNorm statistics
+    computed over `precise_bn_images` (the moving statistics restored)."""
+
+    def __init__(self, validation=None, test=None, precise_bn_images=None):
         super().__init__()
+        self.validation, self.test, self.precise_bn_images = validation, test, precise_bn_images
         self.epochs = []
         self.start = time.time()
 
+    def _top1(self, dataset):
+        return _finite(self.model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self.epochs.append(
-            dict(
-                epoch=epoch + 1,
-                train_loss=_finite(logs.get("loss")),
-                train_top1=_finite(logs.get("accuracy")),
-                test_top1=_finite(logs.get("val_accuracy")),
-                seconds=round(time.time() - self.start, 1),
-            )
+        record = dict(
+            epoch=epoch + 1,
+            train_loss=_finite(logs.get("loss")),
+            train_top1=_finite(logs.get("accuracy")),
+            test_top1=_finite(logs.get("val_accuracy")),
         )
+        if self.validation is not None:
+            record["validation_top1"] = self._top1(self.validation)
+        last = epoch + 1 == self.params.get("epochs")
+        if self.precise_bn_images is not None and last and record["train_loss"] is not None:
+            with precise_bn.precise_statistics(self.model, self.precise_bn_images):
+                record["validation_top1_precise_bn"] = self._top1(self.validation)
+                record["test_top1_precise_bn"] = self._top1(self.test)
+        record["seconds"] = round(time.time() - self.start, 1)
+        self.epochs.append(record)
 
 
 def _finite(value):
@@ -306,7 +385,7 @@ def _finite(value):
 def build(spec, jit_compile=True):
     """(model, optimizer) for `spec`, compiled (and CLARS's taps attached)."""
     keras.utils.set_random_seed(spec.seed)
-    model = build_model(spec.model, spec.image_size)
+    model = build_model(spec.model, spec.image_size, spec.batch_norm_momentum)
     optimizer = build_optimizer(spec)
     model.compile(
         optimizer=optimizer,
@@ -337,17 +416,24 @@ def read_cached(spec, cache_dir):
 def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
     """Trains `spec` (or reads its cached summary) and returns the summary dict:
     {"spec", "run_id", "epochs": [{epoch, train_loss, train_top1, test_top1,
-    seconds}], "final_test_top1", "best_test_top1", "diverged", "seconds",
-    "images_per_second"}. A diverged run (non-finite loss) stops early with
-    `diverged` true and `final_test_top1` None."""
+    [validation_top1,] seconds}], "final_test_top1", "best_test_top1",
+    "diverged", "seconds", "images_per_second", "environment"}; with a
+    validation split also "final_validation_top1", and for a model with
+    BatchNorm "batch_norm_momentum" and the final top-1s under precise
+    BatchNorm statistics ("final_validation_top1_precise_bn",
+    "final_test_top1_precise_bn", also in the last epoch's record). A diverged
+    run (non-finite loss) stops early with `diverged` true and the final
+    top-1s None."""
     cached = read_cached(spec, cache_dir)
     if cached is not None:
         return cached
     path = os.path.join(cache_dir, spec.run_id() + ".json")
     keras.utils.set_random_seed(spec.seed)  # before the datasets: their shuffle seed depends on it
-    train, test = datasets(spec)
+    train, validation, test = datasets(spec)
     model, _ = build(spec, jit_compile)
-    epoch_log = _EpochLog()
+    batch_norm = bool(precise_bn.batch_norm_layers(model))
+    precise = precise_bn_images(spec) if batch_norm and validation is not None else None
+    epoch_log = _EpochLog(validation, test, precise)
     start = time.time()
     history = model.fit(
         train,
@@ -373,13 +459,19 @@ def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
         images_per_second=round(spec.steps_per_epoch * spec.batch_size * len(losses) / seconds, 1),
         environment=environment(),
     )
+    if validation is not None:
+        last = epoch_log.epochs[-1] if epoch_log.epochs and not diverged else {}
+        summary["final_validation_top1"] = last.get("validation_top1")
+        if batch_norm:
+            summary["batch_norm_momentum"] = spec.batch_norm_momentum
+            summary["precise_bn_examples"] = len(precise)
+            for key in ("validation_top1_precise_bn", "test_top1_precise_bn"):
+                summary["final_" + key] = last.get(key)
     for callback in callbacks:
         if hasattr(callback, "summary"):
             summary.update(callback.summary())
     os.makedirs(cache_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(path, summary)
     log(
         f"{spec.run_id()}: top-1 {summary['final_test_top1']} diverged={diverged} "
         f"{seconds:.0f} s ({summary['images_per_second']:.0f} img/s)"

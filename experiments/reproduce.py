@@ -1,6 +1,7 @@
 """Retrains committed runs from their specs and compares their numbers
-exactly: test and train top-1 and train loss after every epoch, the final
-and best test top-1, divergence (for `experiments.self_supervised`'s runs:
+exactly: test, validation and train top-1 and train loss after every
+epoch, the final and best test top-1, the final top-1s under precise
+BatchNorm statistics, divergence (for `experiments.self_supervised`'s runs:
 the pretraining loss per epoch, the probe's and the supervised model's
 test top-1, divergence).
 
@@ -19,8 +20,10 @@ import tempfile
 
 from experiments import common, runtime
 
-NUMBERS = ("final_test_top1", "best_test_top1", "diverged")
-PER_EPOCH = ("epoch", "train_loss", "train_top1", "test_top1")
+NUMBERS = ("final_test_top1", "best_test_top1", "diverged", "final_validation_top1",
+           "final_validation_top1_precise_bn", "final_test_top1_precise_bn")
+PER_EPOCH = ("epoch", "train_loss", "train_top1", "test_top1", "validation_top1", "validation_top1_precise_bn",
+             "test_top1_precise_bn")
 # experiments.self_supervised's runs: the pretraining loss per epoch and the probe.
 SELF_SUPERVISED_NUMBERS = ("loss", "probe_test_top1", "supervised_test_top1", "diverged")
 

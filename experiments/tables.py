@@ -7,7 +7,7 @@ files (so that no number is copied by hand):
 import argparse
 import os
 
-from experiments import batch_scaling, common
+from experiments import batch_scaling, common, paired
 
 NAMES = {"sgd": "SGD + momentum", "lars": "LARS", "clars": "CLARS"}
 EPOCHS_SHOWN = (1, 2, 3, 5)  # and the last
@@ -38,39 +38,86 @@ def _train_top1(runs_dir, point):
     return _cell(sum(finals) / len(finals), min(finals), max(finals))
 
 
+def _good_lrs(e):
+    """The good-LR interval's ratio, ">=" where an end is the grid's own."""
+    r = e["good_lr_range"]
+    return (">=" if r.get("low_open") or r.get("high_open") else "") + f"{r['ratio']:g}x"
+
+
+COMPARISON_LABELS = {"lars-sgd": "LARS - SGD", "clars-lars": "CLARS - LARS", "clars-sgd": "CLARS - SGD"}
+
+
 def batch_scaling_tables(results, runs_dir=None):
+    """Per model: test top-1 at the c each method chose on validation, the
+    seed-paired differences, the chosen c, the intervals of good LRs, the
+    diverged runs, train top-1 and (with BatchNorm) precise-BN test top-1."""
     lines = []
     for model, result in results["models"].items():
         batches = result["batches"]
-        lines += [f"{batch_scaling.TITLES.get(model, model)}: best mean top-1 after {result['epochs']} epochs "
-                  "(min-max over seeds), best c in gamma = c B/256, interval of good LRs (largest/smallest LR "
-                  f"within {batch_scaling.GOOD_LR_TOLERANCE} of the best)", "",
+        lines += [f"{batch_scaling.TITLES.get(model, model)}: test top-1 after {result['epochs']} epochs at the c "
+                  "chosen on validation, mean (min-max) over seeds; seed-paired differences of test top-1, mean "
+                  "[95% t interval], pairs won; c in gamma = c B/256; interval of good LRs on validation (largest/"
+                  f"smallest LR within {batch_scaling.GOOD_LR_TOLERANCE} of the best; >=: an end is the grid's)", "",
                   _row(["global batch"] + [_k(b) for b in batches]), _row(["---"] * (len(batches) + 1))]
-        for method, per_batch in result["methods"].items():
-            cells = []
-            for b in batches:
-                e = per_batch.get(str(b))
-                if e is None:  # a batch this method's grid left out
-                    cells.append("-")
-                    continue
+        methods = result["methods"]
+
+        def cells(cell):
+            return lambda per_batch: [cell(per_batch[str(b)]) if str(b) in per_batch else "-" for b in batches]
+
+        for method, per_batch in methods.items():
+            def test(e):
                 best = next(p for p in e["points"] if p["best"])
-                cells.append(_cell(e["best_test_top1"], *e["best_range"], sum(best["diverged"]), len(best["diverged"])))
-            lines.append(_row([NAMES[method]] + cells))
+                return _cell(e["best_test_top1"], *e["best_range"], sum(best["diverged"]), len(best["diverged"]))
+            lines.append(_row([NAMES[method]] + cells(test)(per_batch)))
+        for key, per_batch in result.get("paired", {}).items():
+            lines.append(_row([f"{COMPARISON_LABELS[key]} (paired)"] +
+                              [paired.text(per_batch[str(b)]) if str(b) in per_batch else "-" for b in batches]))
         rows = (
-            ("best c", lambda e: f"{e['best_c']:g}"),
-            ("good LRs", lambda e: f"{e['good_lr_range']['ratio']:g}x"),
+            ("chosen c (validation top-1)", lambda e: f"{e['best_c']:g} ({e['best_validation_top1']:.3f})"),
+            ("good LRs", _good_lrs),
             ("diverged runs", lambda e: f"{sum(sum(p['diverged']) for p in e['points'])}/"
                                         f"{sum(len(p['diverged']) for p in e['points'])}"),
         )
         for label, cell in rows:
-            for method, per_batch in result["methods"].items():
-                lines.append(_row([f"{NAMES[method]}: {label}"] +
-                                  [cell(per_batch[str(b)]) if str(b) in per_batch else "-" for b in batches]))
+            for method, per_batch in methods.items():
+                lines.append(_row([f"{NAMES[method]}: {label}"] + cells(cell)(per_batch)))
         if runs_dir is not None:
-            for method, per_batch in result["methods"].items():
-                cells = [_train_top1(runs_dir, next(p for p in per_batch[str(b)]["points"] if p["best"]))
-                         if str(b) in per_batch else "-" for b in batches]
-                lines.append(_row([f"{NAMES[method]}: train top-1 (last epoch, training mode) at the best c"] + cells))
+            for method, per_batch in methods.items():
+                lines.append(_row([f"{NAMES[method]}: train top-1 (last epoch, training mode)"] +
+                                  cells(lambda e: _train_top1(runs_dir, next(p for p in e["points"] if p["best"])))(
+                                      per_batch)))
+        if result.get("batch_norm_momentum") is not None:
+            for method, per_batch in methods.items():
+                lines.append(_row([f"{NAMES[method]}: test top-1, precise BatchNorm statistics"] +
+                                  cells(_precise)(per_batch)))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _precise(e):
+    best = next(p for p in e["points"] if p["best"])
+    values = [batch_scaling.CHANCE if v is None else v for v in best["final_test_top1_precise_bn"]]
+    return _cell(sum(values) / len(values), min(values), max(values))
+
+
+def batch_norm_before_after(before, after, batches=(8192, 16384)):
+    """The BatchNorm models' test top-1 at `batches`: before issue 44 (Keras's
+    momentum 0.99, c chosen on test) against after (momentum 0.9, c chosen
+    on validation; and precise BatchNorm statistics), per method."""
+    lines = []
+    for model in [m for m in after["models"] if m in common.BATCH_NORM_MODELS and m in before["models"]]:
+        old, new = before["models"][model], after["models"][model]
+        lines += [f"{batch_scaling.TITLES.get(model, model)}: test top-1 at each method's chosen c, mean (min-max) "
+                  "over 3 seeds", "",
+                  _row(["method, B", "before: momentum 0.99, chosen on test", "after: momentum 0.9, chosen on "
+                        "validation", "after, precise BatchNorm statistics"]), _row(["---"] * 4)]
+        for method in new["methods"]:
+            for batch in batches:
+                if str(batch) not in new["methods"][method] or str(batch) not in old["methods"].get(method, {}):
+                    continue
+                o, n = old["methods"][method][str(batch)], new["methods"][method][str(batch)]
+                lines.append(_row([f"{NAMES[method]}, {_k(batch)}", _cell(o["best_test_top1"], *o["best_range"]),
+                                   _cell(n["best_test_top1"], *n["best_range"]), _precise(n)]))
         lines.append("")
     return "\n".join(lines)
 
@@ -124,6 +171,9 @@ def main(argv=None):
         results = common.read_json(path) if os.path.exists(path) else {}
         if name == "batch_scaling" and "models" in results:
             print(f"## {name}\n\n{table(results, os.path.join(args.out, name, 'runs'))}")
+            before = os.path.join(args.out, name, "results_before_issue44.json")
+            if os.path.exists(before):
+                print(f"## BatchNorm before and after\n\n{batch_norm_before_after(common.read_json(before), results)}")
         elif "models" in results:
             print(f"## {name}\n\n{table(results)}")
         else:

@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from experiments import batch_scaling, common
+from experiments import batch_scaling, common, paired
 
 NAME = "warmup"
 BATCHES = (8192, 16384)
@@ -68,14 +68,36 @@ def run_all(out, quick=False, models=batch_scaling.MODELS, jobs=1):
             runs = [(spec, next(summaries)) for k, spec in specs if k == key]
             curves = [[e["test_top1"] for e in r["epochs"]] for _, r in runs]
             spec = runs[0][0]
+            validation = [[e.get("validation_top1") for e in r["epochs"]] for _, r in runs]
             entry["runs"][key] = dict(
                 label=label, method=method, warmup_epochs=spec.warmup_epochs, eta=eta,
                 c=spec.learning_rate * 256 / batch, learning_rate=spec.learning_rate, seeds=list(s["seeds"]),
                 test_top1_per_epoch=[c + [None] * (q["epochs"] - len(c)) for c in curves],
+                validation_top1_per_epoch=[c + [None] * (q["epochs"] - len(c)) for c in validation],
                 final_test_top1=[r["final_test_top1"] for _, r in runs],
+                final_test_top1_precise_bn=[r.get("final_test_top1_precise_bn") for _, r in runs],
                 diverged=[r["diverged"] for _, r in runs], run_ids=[r["run_id"] for _, r in runs])
+        entry["paired"] = paired_differences(entry["runs"], q["epochs"])
         measured.setdefault(model, dict(epochs=q["epochs"], batches={}))["batches"][str(batch)] = entry
     return common.write_models(f"{directory}/results.json", measured, batch_scaling.MODELS)
+
+
+# Claim 4's seed-paired comparisons (a - b), at epoch 1 (the early lead) and at the end.
+COMPARISONS = (("clars", "lars_warmup"), ("clars", "lars_no_warmup_eta0.001"), ("lars_no_warmup_eta0.01", "lars_warmup"))
+
+
+def paired_differences(runs, epochs):
+    """{"clars-lars_warmup": {"1": difference, "<epochs>": difference}, ...}:
+    test top-1 after epoch 1 and after the last, paired by seed (a diverged
+    seed counting as chance from the epoch it diverged on)."""
+    found = {}
+    for a, b in COMPARISONS:
+        for epoch in (1, epochs):
+            scores = [[batch_scaling.CHANCE if c[epoch - 1] is None else c[epoch - 1]
+                       for c in runs[k]["test_top1_per_epoch"]] for k in (a, b)]
+            found.setdefault(f"{a}-{b}", {})[str(epoch)] = paired.paired_difference(
+                scores[0], scores[1], runs[a]["seeds"], runs[b]["seeds"])
+    return found
 
 
 def _new(spec):

@@ -27,14 +27,36 @@ def test_run_spec_rejects_bad_values():
         common.RunSpec(method="lars", batch_size=128, learning_rate=-1, epochs=1)
     with pytest.raises(ValueError, match="model must be one of"):
         common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, model="vgg")
+    with pytest.raises(ValueError, match=r"batch_size must be an int in \[1, 50000\].*Received: 55000"):
+        common.RunSpec(method="lars", batch_size=55000, learning_rate=0.1, epochs=1, validation_examples=10000)
+    with pytest.raises(ValueError, match="validation_examples must be an int in .*Received: 60000"):
+        common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, validation_examples=60000)
+    with pytest.raises(ValueError, match="batch_norm_momentum must be None or in .*Received: 1.0"):
+        common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, batch_norm_momentum=1.0)
+    with pytest.raises(ValueError, match="'cnn3' has BatchNorm: batch_norm_momentum"):
+        common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, model="cnn3",
+                       batch_norm_momentum=None)
+    with pytest.raises(ValueError, match="adapt_biases=True needs method 'lars' or 'clars'.*'sgd'"):
+        common.RunSpec(method="sgd", batch_size=128, learning_rate=0.1, epochs=1, adapt_biases=True)
 
 
 def test_run_ids_differ_in_every_field():
     base = common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1)
     ids = {base.run_id()}
-    for change in (dict(seed=1), dict(eta=0.01), dict(warmup_epochs=1.0), dict(weight_decay=0.0), dict(nesterov=True)):
+    changes = (dict(seed=1), dict(eta=0.01), dict(warmup_epochs=1.0), dict(weight_decay=0.0), dict(nesterov=True),
+               dict(validation_examples=10000), dict(batch_norm_momentum=0.9), dict(adapt_biases=True))
+    for change in changes:
         ids.add(common.RunSpec(**{**base.__dict__, **change}).run_id())
-    assert len(ids) == 6
+    assert len(ids) == len(changes) + 1
+
+
+def test_fields_added_later_keep_the_committed_run_ids():
+    """A committed run's file name is its spec's id, also for specs written
+    before `validation_examples`, `batch_norm_momentum` and `adapt_biases`."""
+    path = os.path.join(RESULTS, "batch_scaling", "runs", "mlp3_sgd_b512_lr0.05_e10_s0_46277540.json")
+    recorded = json.loads(open(path).read())["spec"]
+    assert not set(common.ADDED_FIELDS) & set(recorded)
+    assert common.RunSpec(**recorded).run_id() + ".json" == os.path.basename(path)
 
 
 def test_mlp3_nobn_is_mlp3_without_batchnorm():
@@ -50,15 +72,17 @@ def test_mlp3_nobn_is_mlp3_without_batchnorm():
     assert without(x).shape == (2, 10)
 
 
-def _scripted(scores):
-    """A train(c, seed) that returns the summary a run with top-1
-    scores[c][seed] would have (None: diverged), recording each call."""
+def _scripted(scores, test=None):
+    """A train(c, seed) that returns the summary a run with validation top-1
+    scores[c][seed] would have (None: diverged), and test top-1
+    test[c][seed] (default: 1 - validation), recording each call."""
     calls = []
 
     def train(c, seed):
         calls.append((c, seed))
         top1 = scores[c][seed]
-        return dict(final_test_top1=top1, diverged=top1 is None)
+        tested = test[c][seed] if test else (None if top1 is None else 1 - top1)
+        return dict(final_validation_top1=top1, final_test_top1=tested, diverged=top1 is None)
 
     return train, calls
 
@@ -118,10 +142,41 @@ def test_tune_reports_the_seeds_of_every_extension():
     assert seeded == {1, 2, 4, 8} and (8, 2) in calls
 
 
+def test_tune_reads_validation_never_test():
+    """Test top-1 that would pick another point (its 1 - validation by
+    default, so the worst validation point has the best test) changes
+    nothing: the best is chosen on validation."""
+    scores = {c: [v] * 3 for c, v in {1: 0.5, 2: 0.7, 4: 0.9, 8: 0.7, 16: 0.5}.items()}
+    _, _, best = batch_scaling.tune([1, 2, 4, 8, 16], (0, 1, 2), True, 0, _scripted(scores)[0])
+    assert best == 4
+    inverted = {c: [0.99 if c == 16 else 0.1] * 3 for c in scores}
+    _, _, best = batch_scaling.tune([1, 2, 4, 8, 16], (0, 1, 2), True, 0, _scripted(scores, inverted)[0])
+    assert best == 4
+
+
 def test_good_lr_range_is_the_contiguous_interval_around_the_best():
     points = [dict(learning_rate=lr, mean=m, best=lr == 4) for lr, m in
               ((1, 0.80), (2, 0.89), (4, 0.90), (8, 0.885), (16, 0.87), (32, 0.89))]
-    assert batch_scaling.good_lr_range(points) == dict(tolerance=0.02, low=2, high=8, ratio=4.0)
+    assert batch_scaling.good_lr_range(points) == dict(tolerance=0.02, low=2, high=8, ratio=4.0, low_open=False,
+                                                      high_open=False)
+    edge = [dict(learning_rate=lr, mean=m, best=lr == 1) for lr, m in ((1, 0.9), (2, 0.89), (4, 0.5))]
+    assert batch_scaling.good_lr_range(edge) == dict(tolerance=0.02, low=1, high=2, ratio=2.0, low_open=True,
+                                                    high_open=False)
+
+
+def test_widen_for_interval_extends_until_both_ends_are_found():
+    """Claim 2b: seed-0 runs beyond each end the interval reaches; the
+    seeded points score by their seed mean."""
+    flat = {0.25: 0.5, 0.5: 0.86, 1: 0.895, 2: 0.9, 4: 0.89, 8: 0.895, 16: 0.885, 32: 0.7, 64: 0.1}
+    scores = {c: [v, v - 0.5, v - 0.5] if c == 1 else [v] * 3 for c, v in flat.items()}  # c=1's seed mean is low
+    train, calls = _scripted(scores)
+    grid = batch_scaling.widen_for_interval([1, 2, 4], {1, 2, 4}, 2, (0, 1, 2), 8, train)
+    assert grid == [1, 2, 4, 8, 16, 32]  # 1's seed mean (0.56) ends the interval below; above, 32 ends it
+    assert {seed for c, seed in calls if c > 4} == {0}
+    grid = batch_scaling.widen_for_interval([1, 2, 4], {2}, 2, (0, 1, 2), 8, _scripted(scores)[0])
+    assert grid == [0.5, 1, 2, 4, 8, 16, 32]  # 1 unseeded: its seed 0 (0.895) is good, 0.5 ends it
+    grid = batch_scaling.widen_for_interval([1, 2, 4], {2}, 2, (0, 1, 2), 1, _scripted(scores)[0])
+    assert grid == [0.5, 1, 2, 4, 8]  # the cap, one step a side
 
 
 def test_reproduce_reports_every_differing_number():
@@ -209,6 +264,7 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     expected = {
         "batch_scaling": ["accuracy_vs_batch.png", "accuracy_vs_lr.png"],
+        "bias_exclusion": [],
         "warmup": ["top1_per_epoch.png"],
         "longer_training": ["accuracy_vs_epochs.png"],
         "gradient_variance": ["gradient_variance.png"],
@@ -229,6 +285,7 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
                 best = [p for p in entry["points"] if p["best"]]
                 assert len(best) == 1 and best[0]["c"] == entry["best_c"]
                 assert best[0]["seeds"] == [0, 1] and 0 <= entry["best_test_top1"] <= 1
+                assert entry["best_validation_top1"] == best[0]["mean"]
                 if int(batch) >= model["all_seeds_from_batch"]:
                     assert all(p["seeds"] == [0, 1] for p in entry["points"])
     for claim, models in (("warmup", batch_scaling.QUICK_MODELS), ("longer_training", longer_training.MODELS)):
@@ -253,8 +310,14 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
     tables = subprocess.run([sys.executable, "-m", "experiments.tables", "--out", str(out)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120, env=env)
     assert tables.returncode == 0, tables.stderr[-3000:]
+    for batch, d in scaling["models"]["mlp3"]["paired"]["lars-sgd"].items():
+        assert d["seeds"] == [0, 1] and d["n"] == 2
+    ablation = json.loads((out / "bias_exclusion" / "results.json").read_text())
+    assert list(ablation["models"]) == ["mlp3_nobn"]
+    assert (out / "bias_exclusion" / "table.md").read_text().count("| LARS, 1024 |") == 1
     for heading in ("## batch_scaling", "## warmup", "## longer_training", "| LARS | ", "| CLARS, no warmup",
-                    "| LARS: train top-1 (last epoch, training mode) at the best c | 0."):
+                    "| LARS: train top-1 (last epoch, training mode) | 0.", "| LARS - SGD (paired) | ",
+                    "| LARS: test top-1, precise BatchNorm statistics | 0."):
         assert heading in tables.stdout
     trained = _trained_files(out)
     for png in (out / "warmup").glob("*.png"):
@@ -369,8 +432,11 @@ def test_every_committed_run_is_a_run_of_the_pinned_runtime():
         if not has_features or any(recorded.get(k) != v for k, v in pinned.items()):
             unpinned.append(os.path.relpath(path, RESULTS))
     assert not unpinned, f"{len(unpinned)} run files unpinned or without ISA features, e.g. {unpinned[:3]}"
-    scaling = json.loads(open(os.path.join(RESULTS, "batch_scaling", "results.json")).read())
-    named = {run_id for model in scaling["models"].values() for method in model["methods"].values()
-             for entry in method.values() for point in entry["points"] for run_id in point["run_ids"]}
+    named = set()
+    for name in ("results_before_issue44.json", "results.json"):
+        path = os.path.join(RESULTS, "batch_scaling", name)
+        scaling = json.loads(open(path).read()) if os.path.exists(path) else {"models": {}}
+        named |= {run_id for model in scaling["models"].values() for method in model["methods"].values()
+                  for entry in method.values() for point in entry["points"] for run_id in point["run_ids"]}
     committed = {os.path.basename(p)[:-5] for p in paths if "/batch_scaling/" in p}
     assert named <= committed and len(named) > 900
