@@ -66,6 +66,10 @@ GRIDS = {
 ETAS = {"sgd": 0.001, "lars": 0.001, "clars": 0.01}
 SEEDS = (0, 1, 2)
 ALL_SEEDS_FROM_BATCH = 4096  # every grid point gets every seed from this batch up
+# Seeds that never choose: run at every method's chosen c of (model, batch)
+# where a verdict turns on the 3 tuning seeds' interval, and paired with
+# them in the comparisons. Empty until such a cell is found.
+FRESH_SEEDS = {}
 MAX_EXTENSIONS = 8
 MARGIN = 2  # grid points required on either side of the best
 CHANCE = 0.1  # the top-1 a diverged run counts as
@@ -119,12 +123,12 @@ def spec(model, method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epo
 def settings(quick, model=None):
     """The grid of `model` (the MLPs' when None): batches, per-method batches,
     LR grids, seeds, the batch from which every grid point gets every seed
-    (None: never), extensions, epochs and the step cap."""
+    (None: never), extensions, epochs, the step cap and the fresh seeds."""
     if quick:
-        s = dict(QUICK)
+        s = dict(QUICK, fresh_seeds={})
     else:
         s = dict(batches=BATCHES, grids=GRIDS, seeds=SEEDS, max_steps=0, epochs=EPOCHS,
-                 all_seeds_from_batch=ALL_SEEDS_FROM_BATCH, max_extensions=MAX_EXTENSIONS)
+                 all_seeds_from_batch=ALL_SEEDS_FROM_BATCH, max_extensions=MAX_EXTENSIONS, fresh_seeds=FRESH_SEEDS)
         s.update(PLANS.get(model, {}))
     s.setdefault("method_batches", {method: s["batches"] for method in common.METHODS})
     return s
@@ -137,7 +141,10 @@ def _all_seeds(batch, s):
 def score(summary, key="final_validation_top1"):
     """The tuning score of a run: its final validation top-1 (or `key`),
     `CHANCE` if it diverged or is below `LEARNED`."""
-    value = summary[key]
+    return _chance(summary[key])
+
+
+def _chance(value):
     return CHANCE if value is None or value < LEARNED else value
 
 
@@ -235,10 +242,14 @@ def _train(model, method, batch, s, cache, jit):
 
 def _tune(model, method, batch, s, cache, jit, train=None):
     """(grid, seeded, best) of one (model, method, batch): `tune`, then
-    `widen_for_interval`; `train` defaults to training (cached) runs."""
+    `widen_for_interval`, then the fresh seeds at the best (`FRESH_SEEDS`);
+    `train` defaults to training (cached) runs."""
     train = train or _train(model, method, batch, s, cache, jit)
     grid, seeded, best = tune(s["grids"][method], s["seeds"], _all_seeds(batch, s), s["max_extensions"], train)
-    return widen_for_interval(grid, seeded, best, s["seeds"], s["max_extensions"], train), seeded, best
+    grid = widen_for_interval(grid, seeded, best, s["seeds"], s["max_extensions"], train)
+    for seed in s["fresh_seeds"].get((model, batch), ()):
+        train(best, seed)
+    return grid, seeded, best
 
 
 class _NotCached(Exception):
@@ -276,6 +287,11 @@ def run_model(model, s, cache, jit):
             points = [_point(c, [train(c, seed) for seed in (s["seeds"] if c in seeded else s["seeds"][:1])], c == best)
                       for c in grid]
             entry = next(p for p in points if p["best"])
+            fresh = s["fresh_seeds"].get((model, batch), ())
+            if fresh:  # test numbers over every seed; the tuning score (`mean`, `min`, `max`) keeps the tuning seeds'
+                tuning = {k: entry[k] for k in ("mean", "min", "max")}
+                entry.update(_point(best, [train(best, seed) for seed in (*s["seeds"], *fresh)], True),
+                             fresh_seeds=list(fresh), **tuning)
             methods.setdefault(method, {})[str(batch)] = dict(
                 points=points, best_c=best, best_validation_top1=entry["mean"], best_test_top1=entry["test_mean"],
                 best_range=[entry["test_min"], entry["test_max"]],
@@ -305,7 +321,7 @@ def paired_differences(methods):
             if batch not in methods[b]:
                 continue
             best = [next(p for p in methods[m][batch]["points"] if p["best"]) for m in (a, b)]
-            scores = [[CHANCE if t is None or t < LEARNED else t for t in p["final_test_top1"]] for p in best]
+            scores = [[_chance(t) for t in p["final_test_top1"]] for p in best]
             found.setdefault(f"{a}-{b}", {})[batch] = paired.paired_difference(
                 scores[0], scores[1], best[0]["seeds"], best[1]["seeds"])
     return found

@@ -138,6 +138,10 @@ def warmup_tables(results):
                 finals = [c[-1] for c in curves]
                 final = _cell(means[-1], min(finals), max(finals), sum(run["diverged"]), len(run["diverged"]))
                 lines.append(_row([f"{run['label']} ({run['learning_rate']:g})"] + [f"{m:.3f}" for m in means[:-1]] + [final]))
+            for key, per_epoch in entry.get("paired", {}).items():
+                a, b = (entry["runs"][k]["label"] for k in key.split("-", 1))
+                cells = [paired.text(per_epoch[str(e)]) if str(e) in per_epoch else "" for e in shown]
+                lines.append(_row([f"{a} minus {b} (paired)"] + cells))
             lines.append("")
     return "\n".join(lines)
 

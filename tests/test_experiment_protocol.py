@@ -188,3 +188,34 @@ def test_precise_statistics_of_a_model_compiled_with_a_lambda_rule():
     x = np.random.default_rng(5).normal(size=(10, 5)).astype("float32")
     mean, _ = precise_bn.population_statistics(model, x, chunk=10)[0]
     np.testing.assert_allclose(mean, _numpy_population(model, x, 10)[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_results_choose_on_validation_pair_by_seed_and_add_fresh_seeds(monkeypatch):
+    """`run_model` on scripted runs: each method's c chosen by validation,
+    test reported there, the paired difference over the tuning seeds and
+    the fresh seeds (which never choose), and the interval of good LRs."""
+    def fake_run(spec, cache, jit_compile=True, **_):
+        c = round(spec.learning_rate * 256 / spec.batch_size, 6)
+        validation = {"sgd": {0.025: 0.8, 0.05: 0.85}, "lars": {0.1: 0.7, 0.2: 0.9}, "clars": {0.1: 0.8, 0.2: 0.6}}
+        v = validation[spec.method].get(c, 0.5)
+        test = {"sgd": 0.84, "lars": 0.86, "clars": 0.79}[spec.method] + 0.001 * spec.seed * (spec.method == "lars")
+        return dict(spec=dict(seed=spec.seed, learning_rate=spec.learning_rate), final_validation_top1=v,
+                    final_test_top1=1 - v if c not in (0.05, 0.2, 0.1) else test, diverged=False, seconds=1.0,
+                    run_id=spec.run_id())
+
+    monkeypatch.setattr(common, "run", fake_run)
+    s = batch_scaling.settings(quick=True)
+    s.update(grids=dict(sgd=(0.025, 0.05), lars=(0.1, 0.2), clars=(0.1, 0.2)), seeds=(0, 1, 2),
+             fresh_seeds={("mlp3_nobn", 1024): (7, 8)})
+    result = batch_scaling.run_model("mlp3_nobn", s, "unused", False)
+    lars = result["methods"]["lars"]["1024"]
+    assert lars["best_c"] == 0.2 and lars["best_validation_top1"] == 0.9
+    best = next(p for p in lars["points"] if p["best"])
+    assert best["seeds"] == [0, 1, 2, 7, 8] and best["fresh_seeds"] == [7, 8] and best["mean"] == 0.9
+    assert lars["best_test_top1"] == pytest.approx(0.86 + 0.001 * (0 + 1 + 2 + 7 + 8) / 5)
+    assert result["methods"]["clars"]["1024"]["best_c"] == 0.1  # validation 0.8 beats 0.6
+    d = result["paired"]["lars-sgd"]["1024"]
+    assert d["seeds"] == [0, 1, 2, 7, 8] and d["n"] == 5 and d["wins"] == 5
+    assert d["mean"] == pytest.approx(0.02 + 0.001 * 18 / 5) and paired.reading(d) == "ahead"
+    assert paired.reading(result["paired"]["clars-lars"]["1024"]) == "behind"
+    assert lars["good_lr_range"]["high_open"] is True  # 0.2 is the grid's top: the interval may reach further
