@@ -219,3 +219,55 @@ def test_results_choose_on_validation_pair_by_seed_and_add_fresh_seeds(monkeypat
     assert d["mean"] == pytest.approx(0.02 + 0.001 * 18 / 5) and paired.reading(d) == "ahead"
     assert paired.reading(result["paired"]["clars-lars"]["1024"]) == "behind"
     assert lars["good_lr_range"]["high_open"] is True  # 0.2 is the grid's top: the interval may reach further
+
+
+def _difference(mean, half, n=3):
+    wins = n if mean > 0 else 0
+    return dict(n=n, mean=mean, low=mean - half, high=mean + half, wins=wins, losses=n - wins if mean < 0 else 0,
+                seeds=list(range(n)), confidence=0.95)
+
+
+def test_claim_verdicts_follow_the_written_rules():
+    from experiments import verdicts
+
+    result = dict(paired={"lars-sgd": {"512": _difference(-0.03, 0.01), "4096": _difference(0.02, 0.01),
+                                       "16384": _difference(0.01, 0.02)}})
+    verdict, text = verdicts.claim2(result)
+    assert verdict == "partly"  # ahead at 4K, level at 16K; 512 is not a large batch
+    assert "512 behind (-0.030 [-0.040, -0.020], 0/3); 4K ahead" in text and "16K level" in text
+    result["paired"]["lars-sgd"]["16384"] = _difference(0.05, 0.01)
+    assert verdicts.claim2(result)[0] == "holds"
+
+    def interval(ratio, low_open=False, high_open=False):
+        return dict(good_lr_range=dict(ratio=ratio, low_open=low_open, high_open=high_open))
+
+    result = dict(methods=dict(lars={"4096": interval(4), "8192": interval(8, high_open=True), "512": interval(1)},
+                               sgd={"4096": interval(2), "8192": interval(2), "512": interval(4)}))
+    verdict, text = verdicts.claim2b(result)
+    assert verdict == "holds" and "8K >=8x vs 2x" in text and "wider at 1 of 1 large" in text
+    result["methods"]["lars"]["4096"] = interval(2)
+    assert verdicts.claim2b(result)[0] == "does not hold"  # equal is not wider
+    result["methods"]["lars"]["4096"] = interval(2, low_open=True)
+    assert verdicts.claim2b(result)[0] == "no verdict"
+
+    def batch(first, last):
+        return dict(paired={"clars-lars_warmup": {"1": first, "10": last}})
+
+    result = dict(epochs=10, batches={"8192": batch(_difference(0.1, 0.05), _difference(-0.01, 0.02)),
+                                      "16384": batch(_difference(0.1, 0.05), _difference(-0.05, 0.01))})
+    assert verdicts.claim4(result)[0] == "partly"  # at 16K it ends behind
+    result["batches"]["16384"] = batch(_difference(0.1, 0.05), _difference(0.0, 0.01))
+    assert verdicts.claim4(result)[0] == "holds"
+    result["batches"] = {b: batch(_difference(0.0, 0.05), _difference(0.1, 0.01)) for b in ("8192", "16384")}
+    assert verdicts.claim4(result)[0] == "does not hold"
+
+
+def test_every_verdict_cell_of_the_results_page_is_regenerated_from_the_runs():
+    """Each claim-2, 2b and 4 verdict of a model rerun under issue 44's
+    protocol is `experiments.verdicts`' text, word for word, on the page."""
+    from experiments import verdicts
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    page = open(os.path.join(root, "docs", "results.md"), encoding="utf-8").read()
+    for (claim, model), text in verdicts.cells(os.path.join(root, "docs", "results")).items():
+        assert text in page, f"claim {claim}, {model}: the page lacks {text!r}"
