@@ -294,3 +294,11 @@ def test_committed_batch_scaling_results_are_recomputed_from_the_run_files(monke
                 assert batch_scaling._cached(model, method, batch, s, cache, True), (model, method, batch)
         recomputed = json.loads(json.dumps(batch_scaling.run_model(model, s, cache, True)))
         assert recomputed == result, model
+        momentum = 0.9 if model in common.BATCH_NORM_MODELS else None
+        for entry in result["methods"].values():
+            for point in (p for e in entry.values() for p in e["points"]):
+                for run_id in point["run_ids"]:
+                    run = json.load(open(os.path.join(cache, run_id + ".json")))
+                    assert run["spec"]["validation_examples"] == 10000
+                    assert run["spec"]["batch_norm_momentum"] == momentum
+                    assert all("validation_top1" in e for e in run["epochs"])
