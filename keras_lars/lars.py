@@ -183,12 +183,10 @@ class LARS(keras.optimizers.Optimizer):
             last applied step: the all-reduced global-batch gradient under
             `tf.distribute` (identical on every replica), the accumulated
             gradient with `gradient_accumulation_steps`; compiled with the
-            update. Off, nothing is created or computed (apply time unchanged,
-            measured). On, one apply over ResNet-50's 161 tensors takes about
-            1.2-1.3x as long on a 2-core CPU (one more norm per tensor and 161
-            small writes; `benchmarks/optimizer_apply.py`), a whole train step
-            (ResNet-50, 64x64, batch 32) about 1.0-1.04x
-            (`benchmarks/clars_step.py`).
+            update. Off, nothing is created or computed. On, each apply
+            computes one more norm per tensor and writes each variable's
+            statistics (the cost: `benchmarks/optimizer_apply.py`,
+            `benchmarks/clars_step.py`, docs/measurements.md).
         clipnorm: as every Keras optimizer's (`keras.optimizers.Optimizer`),
             as are `clipvalue`, `global_clipnorm`, `use_ema`,
             `ema_momentum`, `ema_overwrite_frequency`, `loss_scale_factor`,

@@ -39,14 +39,11 @@ def fast_norm(x):
 
     Outside an XLA cluster (graph mode: tf.distribute, where Keras turns XLA
     off, and runs with op determinism), as TensorFlow's `reduce_sum(square)`:
-    it reads 7.6-10 GB/s at 1M-64M elements on the CI machine against about
-    5 GB/s for XLA's reduction (`benchmarks/optimizer_apply.py`; the norms
-    are the memory traffic LARS adds to SGD). A (1 x n) @ (n x 1) GEMV reads
-    faster above 4M elements (14-23 GB/s) but its float32 accumulation
-    drifts with n (relative error measured 2026-12-01: -1e-5 at 2^20
-    elements, -6.6e-4 at 2^24, -5e-3 at 2^26; XLA's dot: -2.2e-4, -1.4e-2,
-    -9.6e-2), against about 1e-8 for both reductions at every size. Inside
-    XLA, None.
+    it reads faster than XLA's reduction on CPU (the norms are the memory
+    traffic LARS adds to SGD), and its error stays at float32 rounding at
+    every size, where a (1 x n) @ (n x 1) GEMV, faster still at large n,
+    accumulates an error that grows with n (docs/measurements.md,
+    `benchmarks/optimizer_apply.py`). Inside XLA, None.
     """
     if keras.backend.standardize_dtype(x.dtype) != "float32" or _in_xla_context():
         return None

@@ -193,7 +193,7 @@ _HELP = {
     "target_accuracy": "stop once eval top-1 reaches this; default 0.759 (MLPerf's) for imagenet2012, none "
     "(all epochs run) for other datasets",
     "steps_per_loop": "optimizer steps per host call (one tf.function running a device loop); loops also end "
-    "at epoch ends and --checkpoint-every-steps and --layer-statistics-every multiples. 0: 500 on GPU/TPU, 10 on CPU (measured fastest, benchmarks/steps_per_loop.py). A SIGTERM is acted on at the end of a loop (one more with several workers): on a preemptible machine keep two loops, an eval and a checkpoint within its grace period",
+    "at epoch ends and --checkpoint-every-steps and --layer-statistics-every multiples. 0: 500 on GPU/TPU, 10 on CPU (the fastest in benchmarks/steps_per_loop.py). A SIGTERM is acted on at the end of a loop (one more with several workers): on a preemptible machine keep two loops, an eval and a checkpoint within its grace period",
     "distribution": "tf.distribute strategy; auto: TPU if a TPU resolver finds one, else MirroredStrategy "
     "over several GPUs, else the default strategy. multi_worker_mirrored reads TF_CONFIG",
     "cpu_devices": "split the CPU into this many logical devices (MirroredStrategy over CPUs, for testing)",

@@ -10,8 +10,8 @@ from keras_lars.train.errors import TrainerError, UsageError
 
 # --steps-per-loop 0: many steps per host call where a host round trip idles
 # the device (Model Garden's ResNet custom-loop runs use 500, its
-# TrainerConfig default is 1000); on CPU the measured best
-# (benchmarks/steps_per_loop.py).
+# TrainerConfig default is 1000); on CPU the best in
+# benchmarks/steps_per_loop.py.
 ACCELERATOR_STEPS_PER_LOOP = 500
 CPU_STEPS_PER_LOOP = 10
 
@@ -139,7 +139,7 @@ def resolve_steps_per_loop(setting, strategy):
 
 def resolve_xla(setting, strategy):
     """XLA for the per-replica step: auto is on with a GPU or TPU, off on CPU
-    (where XLA:CPU runs these convolutions about 2x slower)."""
+    (where XLA:CPU runs these convolutions slower: docs/measurements.md)."""
     if setting != "auto":
         return setting == "on"
     return has_accelerator(strategy)

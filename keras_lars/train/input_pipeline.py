@@ -199,8 +199,8 @@ def _options():
     options = tf.data.Options()
     options.deterministic = True
     # No model-based autotuning: releasing an iterator waits for its
-    # optimization thread, which sleeps up to 60 s between rounds (measured
-    # 2026-12-01: 52 s to release an iterator used for 150 s; 0 s without).
+    # optimization thread, which sleeps up to a minute between rounds
+    # (docs/measurements.md).
     # AUTOTUNE then means min(16, threads) parallel calls, and prefetch
     # buffers still grow on demand (tf.data's prefetch autotuner).
     options.autotune.enabled = False
