@@ -1,6 +1,6 @@
 """Layer-wise adaptive large-batch optimizers for Keras 3."""
 
-from keras_lars import layer_statistics, per_example, per_example_norms, schedules  # noqa: F401 (per_example_norms: the kernels' earlier name)
+from keras_lars import layer_statistics, per_example, schedules  # noqa: F401
 from keras_lars.clars import CLARS
 from keras_lars.exclusions import ExclusionRules, is_rank_at_most_1
 from keras_lars.lars import LARS

@@ -42,6 +42,16 @@ class LayerRule:
 #: Layer class -> `LayerRule`: the registry. Filled by `rules/` and by
 #: `keras_lars.register_layer`; the error messages derive from it.
 LAYER_RULES = {}
+# Module prefix -> a function registering the rules of that package's layers,
+# called once, the first time `rule_for` meets one (`register_loader`).
+_LOADERS = {}
+
+
+def register_loader(module_prefix, loader):
+    """Defers registering the rules of a package's layers (one whose import
+    is heavy, or optional) until `rule_for` first meets a layer class whose
+    module starts with `module_prefix`; then calls `loader()` once."""
+    _LOADERS[module_prefix] = loader
 
 
 def register_layer(layer_class, forward, squared_norms, check=None):
@@ -127,8 +137,9 @@ def rule_for(layer):
     LoRA or quantization."""
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         return None
-    if type(layer).__module__.startswith("keras_hub."):
-        from keras_lars.per_example.rules import keras_hub  # noqa: F401 (registers KerasHub's rules)
+    module = type(layer).__module__
+    for prefix in [p for p in _LOADERS if module.startswith(p)]:
+        _LOADERS.pop(prefix)()
     for cls in type(layer).__mro__:
         rule = LAYER_RULES.get(cls)
         if rule is not None:

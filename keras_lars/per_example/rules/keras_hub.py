@@ -1,6 +1,7 @@
 """KerasHub's layers with adapted variables that its backbones use (its
-ReversibleEmbedding is Keras's: `rules/embedding.py`). Imported by
-`registry.rule_for` the first time it meets a KerasHub layer, so that
+ReversibleEmbedding is Keras's: `rules/embedding.py`). Imported (through
+`registry.register_loader`, in `rules/__init__.py`) the first time
+`registry.rule_for` meets a KerasHub layer, so that
 importing keras_lars never imports keras_hub (nor its TensorFlow Text)."""
 
 import keras_hub
