@@ -44,7 +44,7 @@ def main(argv=None):
         trained = sum(json.load(open(p)).get("seconds", 0) for p in runs)
         suite[name] = dict(wall_seconds=round(time.time() - start, 1), runs=len(runs), training_seconds=round(trained, 1))
         print(f"{name}: {suite[name]}")
-    common.write_json(os.path.join(out, "suite.json"), suite)
+    common.write_json(os.path.join(out, "suite.json"), suite, indent=common.RUN_FILE_INDENT)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import keras_lars  # noqa: E402
 from experiments import precise_bn, runtime  # noqa: E402
 from keras_lars.schedules import WarmupPolynomialDecay  # noqa: E402
 from keras_lars.train import models as train_models  # noqa: E402
+from keras_lars.train.records import read_json, write_json  # noqa: E402
 
 METHODS = ("sgd", "lars", "clars")
 MODELS = ("mlp3", "mlp3_nobn", "cnn3", "cnn3_nobn", "resnet8", "resnet50", "fcn5", "cnn5")
@@ -163,6 +164,7 @@ class RunSpec:
         return f"{self.model}_{self.method}_b{self.batch_size}_lr{self.learning_rate:g}_e{self.epochs}_s{self.seed}_{digest}"
 
 
+RUN_FILE_INDENT = 1  # the committed run and results files' JSON layout
 # Fields added to RunSpec after runs were committed, with their defaults.
 ADDED_FIELDS = dict(validation_examples=0, batch_norm_momentum=0.99, adapt_biases=False)
 # Precise BatchNorm statistics (`experiments.precise_bn`) are computed over the
@@ -471,7 +473,7 @@ def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
         if hasattr(callback, "summary"):
             summary.update(callback.summary())
     os.makedirs(cache_dir, exist_ok=True)
-    write_json(path, summary)
+    write_json(path, summary, indent=RUN_FILE_INDENT)
     log(
         f"{spec.run_id()}: top-1 {summary['final_test_top1']} diverged={diverged} "
         f"{seconds:.0f} s ({summary['images_per_second']:.0f} img/s)"
@@ -578,11 +580,6 @@ def claim_dir(out, name):
     return path
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def write_models(path, measured, order, **fields):
     """Writes {**fields, "models": ...} to the results file `path`, keeping the
     models of an existing file that `measured` does not replace (so that
@@ -592,14 +589,8 @@ def write_models(path, measured, order, **fields):
         models = read_json(path).get("models", {})
     models.update(measured)
     results = dict(fields, models={m: models[m] for m in order if m in models})
-    write_json(path, results)
+    write_json(path, results, indent=RUN_FILE_INDENT)
     return results
-
-
-def write_json(path, value):
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def pyplot():

@@ -128,7 +128,7 @@ def run_all(out, quick=False):
             run_id=summary["run_id"],
             **summary["gradient_variance"],
         )
-    common.write_json(f"{directory}/results.json", results)
+    common.write_json(f"{directory}/results.json", results, indent=common.RUN_FILE_INDENT)
     return results
 
 
@@ -186,7 +186,7 @@ def main(argv=None):
     args = common.parse_args(__doc__.splitlines()[0], argv)
     results = run_all(args.out, args.quick)
     results["verdict_numbers"] = verdict_numbers(results)
-    common.write_json(f"{common.claim_dir(args.out, NAME)}/results.json", results)
+    common.write_json(f"{common.claim_dir(args.out, NAME)}/results.json", results, indent=common.RUN_FILE_INDENT)
     plot(results, args.out)
 
 

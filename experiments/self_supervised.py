@@ -199,7 +199,7 @@ def run(spec, cache_dir):
         return cached
     summary = train(spec)
     os.makedirs(cache_dir, exist_ok=True)
-    common.write_json(os.path.join(cache_dir, spec.run_id() + ".json"), summary)
+    common.write_json(os.path.join(cache_dir, spec.run_id() + ".json"), summary, indent=common.RUN_FILE_INDENT)
     print(f"{spec.run_id()}: probe {summary['probe_test_top1']} diverged={summary['diverged']} "
           f"{summary['seconds']:.0f} s (+{summary['probe_seconds']:.0f} s probe)", flush=True)
     return summary
@@ -274,7 +274,7 @@ def run_all(out, quick=False, jobs=1):
                    probe_epochs=s["probe_epochs"], supervised_batch=s["supervised_batch"],
                    simclr={o: {str(b): _cell("simclr", o, b, s, cache) for b in s["batches"]} for o in OPTIMIZERS},
                    baselines=baselines)
-    common.write_json(f"{directory}/results.json", results)
+    common.write_json(f"{directory}/results.json", results, indent=common.RUN_FILE_INDENT)
     return results
 
 

@@ -115,7 +115,7 @@ def run_all(out, quick=False):
             variables=stats["variables"],
             adapted=stats["adapted"],
         )
-    common.write_json(f"{directory}/results.json", results)
+    common.write_json(f"{directory}/results.json", results, indent=common.RUN_FILE_INDENT)
     return results
 
 

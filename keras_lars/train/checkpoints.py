@@ -17,6 +17,7 @@ import tempfile
 import tensorflow as tf
 
 from keras_lars.train.errors import CheckpointError, UsageError
+from keras_lars.train.records import write_json
 
 RUN_CONFIG = "run_config.json"
 # Flags that define the model, the optimizer or the layout of their state
@@ -66,9 +67,7 @@ def write_run_config(output_dir, config):
     path = os.path.join(directory, RUN_CONFIG)
     if os.path.exists(path):
         return
-    with open(path + ".tmp", "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(path, config)
 
 
 def _read_run_config(output_dir):

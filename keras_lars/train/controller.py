@@ -18,6 +18,7 @@ from mlperf_logging.mllog import constants as mlperf
 
 from keras_lars import layer_statistics
 from keras_lars.train import guard, preemption
+from keras_lars.train.records import write_json
 
 
 # The parts of the controller's wall time: the timed device loops ("steps"),
@@ -327,11 +328,3 @@ def _read_evals(output_dir):
             return {int(e): r for e, r in json.load(f).items()}
     except FileNotFoundError:
         return {}
-
-
-def write_json(path, data):
-    # Written whole, then renamed: a killed process never leaves half a file.
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(temporary, path)

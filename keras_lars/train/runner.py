@@ -14,7 +14,8 @@ from mlperf_logging.mllog import constants as mlperf
 import keras_lars
 from keras_lars.train import distribution
 from keras_lars.train.checkpoints import Checkpoints, check_restart, write_run_config
-from keras_lars.train.controller import Controller, write_json
+from keras_lars.train.controller import Controller
+from keras_lars.train.records import write_json
 from keras_lars.train.errors import TrainerError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline
 from keras_lars.train.mlperf_log import MLPerfLog
