@@ -46,6 +46,8 @@ selection, Keras's momentum 0.99) are kept in the runs folder; their
 tables are in `results_before_issue44.json`.
 """
 
+import os
+
 import numpy as np
 
 from experiments import common, paired
@@ -374,6 +376,49 @@ def plot(results, out):
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     common.save(fig, f"{directory}/accuracy_vs_lr.png")
+    before = f"{directory}/results_before_issue44.json"
+    if os.path.exists(before) and any(m in common.BATCH_NORM_MODELS for m in models):
+        plot_batch_norm_before_after(common.read_json(before), results, directory)
+
+
+def _best(entry):
+    return next(p for p in entry["points"] if p["best"])
+
+
+def plot_batch_norm_before_after(before, after, directory, batches=(8192, 16384)):
+    """batch_norm_before_after.png: the BatchNorm models' test top-1 at each
+    method's chosen c at `batches`, before issue 44 (momentum 0.99, chosen on
+    test), after (momentum 0.9, chosen on validation) and after with precise
+    BatchNorm statistics; bars: seed means, dots: seeds."""
+    plt = common.pyplot()
+    models = [m for m in after["models"] if m in common.BATCH_NORM_MODELS and m in before["models"]]
+    if not models:
+        return
+    kinds = (("before: momentum 0.99, chosen on test", "final_test_top1", before, "tab:gray"),
+             ("after: momentum 0.9, chosen on validation", "final_test_top1", after, "tab:blue"),
+             ("after, precise BatchNorm statistics", "final_test_top1_precise_bn", after, "tab:green"))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        labels, x = [], 0
+        for batch in batches:
+            for method in common.METHODS:
+                cells = [r["models"][model]["methods"].get(method, {}).get(str(batch)) for _, _, r, _ in kinds]
+                if any(c is None for c in cells):
+                    continue
+                for i, ((label, key, _, color), cell) in enumerate(zip(kinds, cells)):
+                    values = [CHANCE if v is None else v for v in _best(cell)[key]]
+                    ax.bar(x + 0.27 * (i - 1), np.mean(values), 0.25, color=color, label=label if x == 0 else None)
+                    ax.scatter([x + 0.27 * (i - 1)] * len(values), values, s=9, color="black", zorder=3)
+                labels.append(f"{method.upper()}\n{batch // 1024}K")
+                x += 1
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("test top-1 after 10 epochs (bar: mean; dots: seeds)")
+        ax.set_title(f"{TITLES.get(model, model)}: BatchNorm evaluation before and after issue 44", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="upper center", ncol=3)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    common.save(fig, f"{directory}/batch_norm_before_after.png")
 
 
 def _accuracy_vs_batch(ax, model, result):
