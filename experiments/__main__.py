@@ -23,9 +23,10 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=",".join(CLAIMS), help="comma-separated subset of " + ", ".join(CLAIMS))
-    from experiments import common
+    from experiments import cli, runs
+    from keras_lars.train import records
 
-    parser.add_argument("--jobs", type=common.positive_int, default=1, help=common.JOBS_HELP + f"; for {', '.join(PARALLEL)}")
+    parser.add_argument("--jobs", type=cli.positive_int, default=1, help=cli.JOBS_HELP + f"; for {', '.join(PARALLEL)}")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - set(CLAIMS))
@@ -40,11 +41,11 @@ def main(argv=None):
         module = importlib.import_module(f"experiments.{name}")
         jobs = ["--jobs", str(args.jobs)] if name in PARALLEL else []
         module.main(["--out", out] + (["--quick"] if args.quick else []) + jobs)
-        runs = glob.glob(os.path.join(out, name, "runs", "*.json"))
-        trained = sum(json.load(open(p)).get("seconds", 0) for p in runs)
-        suite[name] = dict(wall_seconds=round(time.time() - start, 1), runs=len(runs), training_seconds=round(trained, 1))
+        files = glob.glob(os.path.join(out, name, "runs", "*.json"))
+        trained = sum(json.load(open(p)).get("seconds", 0) for p in files)
+        suite[name] = dict(wall_seconds=round(time.time() - start, 1), runs=len(files), training_seconds=round(trained, 1))
         print(f"{name}: {suite[name]}")
-    common.write_json(os.path.join(out, "suite.json"), suite, indent=common.RUN_FILE_INDENT)
+    records.write_json(os.path.join(out, "suite.json"), suite, indent=runs.RUN_FILE_INDENT)
 
 
 if __name__ == "__main__":

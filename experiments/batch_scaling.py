@@ -50,7 +50,8 @@ import os
 
 import numpy as np
 
-from experiments import common, paired
+from experiments import cli, models, paired, plots, pool, runs
+from keras_lars.train import records
 from keras_lars.train.models import BN_MOMENTUM
 
 NAME = "batch_scaling"
@@ -105,9 +106,9 @@ def spec(model, method, batch, c, seed=0, epochs=EPOCHS, max_steps=0, warmup_epo
     """The run for (model, method, batch, grid point c): gamma = c * batch / 256."""
     if warmup_epochs is None:
         warmup_epochs = 0 if method == "clars" else WARMUP_EPOCHS
-    return common.RunSpec(
+    return runs.RunSpec(
         validation_examples=VALIDATION_EXAMPLES,
-        batch_norm_momentum=BN_MOMENTUM if model in common.BATCH_NORM_MODELS else None,
+        batch_norm_momentum=BN_MOMENTUM if model in models.BATCH_NORM_MODELS else None,
         adapt_biases=adapt_biases,
         method=method,
         batch_size=batch,
@@ -132,7 +133,7 @@ def settings(quick, model=None):
         s = dict(batches=BATCHES, grids=GRIDS, seeds=SEEDS, max_steps=0, epochs=EPOCHS,
                  all_seeds_from_batch=ALL_SEEDS_FROM_BATCH, max_extensions=MAX_EXTENSIONS, fresh_seeds=FRESH_SEEDS)
         s.update(PLANS.get(model, {}))
-    s.setdefault("method_batches", {method: s["batches"] for method in common.METHODS})
+    s.setdefault("method_batches", {method: s["batches"] for method in runs.METHODS})
     return s
 
 
@@ -237,7 +238,7 @@ def _point(c, summaries, best):
 
 def _train(model, method, batch, s, cache, jit):
     def train(c, seed):
-        return common.run(spec(model, method, batch, c, seed, s["epochs"], s["max_steps"]), cache, jit_compile=jit)
+        return runs.run(spec(model, method, batch, c, seed, s["epochs"], s["max_steps"]), cache, jit_compile=jit)
 
     return train
 
@@ -261,7 +262,7 @@ class _NotCached(Exception):
 def _cached(model, method, batch, s, cache, jit):
     """Whether the tuning of (model, method, batch) reads only cached runs."""
     def train(c, seed):
-        summary = common.read_cached(spec(model, method, batch, c, seed, s["epochs"], s["max_steps"]), cache)
+        summary = runs.read_cached(spec(model, method, batch, c, seed, s["epochs"], s["max_steps"]), cache)
         if summary is None:
             raise _NotCached
         return summary
@@ -274,7 +275,7 @@ def _cached(model, method, batch, s, cache, jit):
 
 
 def _tune_task(args):
-    common.configure_runtime()
+    runs.configure_runtime()
     _tune(*args)
     return args[:3]
 
@@ -282,7 +283,7 @@ def _tune_task(args):
 def run_model(model, s, cache, jit):
     """The results dict of one model, from its (cached) runs."""
     methods = {}
-    for method in common.METHODS:
+    for method in runs.METHODS:
         for batch in s["method_batches"][method]:
             grid, seeded, best = _tune(model, method, batch, s, cache, jit)
             train = _train(model, method, batch, s, cache, jit)
@@ -300,8 +301,8 @@ def run_model(model, s, cache, jit):
                 extended=[c for c in grid if c not in s["grids"][method]], good_lr_range=good_lr_range(points))
     return dict(paired=paired_differences(methods), epochs=s["epochs"], warmup_epochs=WARMUP_EPOCHS, weight_decay=WEIGHT_DECAY,
                 validation_examples=VALIDATION_EXAMPLES,
-                batch_norm_momentum=BN_MOMENTUM if model in common.BATCH_NORM_MODELS else None,
-                base_grids={m: list(s["grids"][m]) for m in common.METHODS}, etas=dict(ETAS),
+                batch_norm_momentum=BN_MOMENTUM if model in models.BATCH_NORM_MODELS else None,
+                base_grids={m: list(s["grids"][m]) for m in runs.METHODS}, etas=dict(ETAS),
                 seeds=list(s["seeds"]), all_seeds_from_batch=s["all_seeds_from_batch"],
                 batches=list(s["batches"]), method_batches={m: list(b) for m, b in s["method_batches"].items()},
                 methods=methods)
@@ -333,24 +334,24 @@ def run_grid(out, quick=False, models=MODELS, jobs=1):
     """Runs (or reads) every point of `models`, with `jobs` processes (one
     (model, method, batch) tuning each at a time), and merges them into
     results.json (whose other models are kept); returns the merged results."""
-    directory = common.claim_dir(out, NAME)
+    directory = runs.claim_dir(out, NAME)
     cache, jit = f"{directory}/runs", not quick
     tasks = []
     for model in models:
         s = settings(quick, model)
         # Extremes first, so that a suite stopped early already spans the range.
         order = sorted(s["batches"], key=lambda b: (b not in (s["batches"][0], s["batches"][-1]), b))
-        tasks += [(model, method, batch, s, cache, jit) for batch in order for method in common.METHODS
+        tasks += [(model, method, batch, s, cache, jit) for batch in order for method in runs.METHODS
                   if batch in s["method_batches"][method]]
     todo = [task for task in tasks if not _cached(*task)]  # no process started for what is cached
-    common.parallel(_tune_task, todo, jobs)
+    pool.parallel(_tune_task, todo, jobs)
     measured = {model: run_model(model, settings(quick, model), cache, jit) for model in models}
-    return common.write_models(f"{directory}/results.json", measured, MODELS)
+    return runs.write_models(f"{directory}/results.json", measured, MODELS)
 
 
 def plot(results, out):
-    plt = common.pyplot()
-    directory = common.claim_dir(out, NAME)
+    plt = plots.pyplot()
+    directory = runs.claim_dir(out, NAME)
     models = list(results["models"])
     columns = min(len(models), 2)
     rows = -(-len(models) // columns)
@@ -366,7 +367,7 @@ def plot(results, out):
                  "every grid point's validation top-1 (open dots: seed mean; triangles: below the axis or diverged)",
                  fontsize=9)
     fig.tight_layout()
-    common.save(fig, f"{directory}/accuracy_vs_batch.png")
+    plots.save(fig, f"{directory}/accuracy_vs_batch.png")
     # LARS Fig. 4: accuracy against LR at the largest batches, one row per model.
     shown = 2
     fig, axes = plt.subplots(len(models), shown, figsize=(5.2 * shown, 3.8 * len(models)), squeeze=False)
@@ -375,10 +376,10 @@ def plot(results, out):
             _accuracy_vs_lr(ax, model, results["models"][model], batch)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    common.save(fig, f"{directory}/accuracy_vs_lr.png")
+    plots.save(fig, f"{directory}/accuracy_vs_lr.png")
     before = f"{directory}/results_before_issue44.json"
-    if os.path.exists(before) and any(m in common.BATCH_NORM_MODELS for m in models):
-        plot_batch_norm_before_after(common.read_json(before), results, directory)
+    if os.path.exists(before) and any(m in models.BATCH_NORM_MODELS for m in models):
+        plot_batch_norm_before_after(records.read_json(before), results, directory)
 
 
 def _best(entry):
@@ -390,8 +391,8 @@ def plot_batch_norm_before_after(before, after, directory, batches=(8192, 16384)
     method's chosen c at `batches`, before issue 44 (momentum 0.99, chosen on
     test), after (momentum 0.9, chosen on validation) and after with precise
     BatchNorm statistics; bars: seed means, dots: seeds."""
-    plt = common.pyplot()
-    models = [m for m in after["models"] if m in common.BATCH_NORM_MODELS and m in before["models"]]
+    plt = plots.pyplot()
+    models = [m for m in after["models"] if m in models.BATCH_NORM_MODELS and m in before["models"]]
     if not models:
         return
     kinds = (("before: momentum 0.99, chosen on test", "final_test_top1", before, "tab:gray"),
@@ -401,7 +402,7 @@ def plot_batch_norm_before_after(before, after, directory, batches=(8192, 16384)
     for ax, model in zip(axes[0], models):
         labels, x = [], 0
         for batch in batches:
-            for method in common.METHODS:
+            for method in runs.METHODS:
                 cells = [r["models"][model]["methods"].get(method, {}).get(str(batch)) for _, _, r, _ in kinds]
                 if any(c is None for c in cells):
                     continue
@@ -418,7 +419,7 @@ def plot_batch_norm_before_after(before, after, directory, batches=(8192, 16384)
         ax.grid(alpha=0.3, axis="y")
     fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="upper center", ncol=3)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    common.save(fig, f"{directory}/batch_norm_before_after.png")
+    plots.save(fig, f"{directory}/batch_norm_before_after.png")
 
 
 def _accuracy_vs_batch(ax, model, result):
@@ -475,7 +476,7 @@ def _accuracy_vs_lr(ax, model, result, batch):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv, models=MODELS, quick_models=QUICK_MODELS)
+    args = cli.parse_args(__doc__.splitlines()[0], argv, models=MODELS, quick_models=QUICK_MODELS)
     plot(run_grid(args.out, args.quick, args.models, args.jobs), args.out)
 
 

@@ -16,7 +16,7 @@ variant's runs are batch-scaling runs and live in its cache.
 
 import numpy as np
 
-from experiments import batch_scaling, common, paired
+from experiments import batch_scaling, cli, paired, pool, runs
 
 NAME = "bias_exclusion"
 MODELS = ("cnn3_nobn", "mlp3_nobn")
@@ -33,7 +33,7 @@ def _settings(quick, model):
 
 
 def _caches(out):
-    return f"{out}/{batch_scaling.NAME}/runs", f"{common.claim_dir(out, NAME)}/runs"
+    return f"{out}/{batch_scaling.NAME}/runs", f"{runs.claim_dir(out, NAME)}/runs"
 
 
 def _train(model, method, batch, adapt, s, out, jit):
@@ -41,7 +41,7 @@ def _train(model, method, batch, adapt, s, out, jit):
 
     def train(c, seed):
         spec = batch_scaling.spec(model, method, batch, c, seed, s["epochs"], s["max_steps"], adapt_biases=adapt)
-        return common.run(spec, cache, jit_compile=jit)
+        return runs.run(spec, cache, jit_compile=jit)
 
     return train
 
@@ -54,7 +54,7 @@ def _tune(model, method, batch, adapt, s, out, jit):
 
 
 def _tune_task(args):
-    common.configure_runtime()
+    runs.configure_runtime()
     _tune(*args)
     return args[:4]
 
@@ -79,7 +79,7 @@ def run_all(out, quick=False, models=MODELS, jobs=1):
     tasks = [(model, method, batch, adapt, _settings(quick, model), out, jit)
              for model in models for batch in _settings(quick, model)["batches"] for method in METHODS
              for adapt in VARIANTS.values()]
-    common.parallel(_tune_task, tasks, jobs)
+    pool.parallel(_tune_task, tasks, jobs)
     measured = {}
     for model in models:
         s = _settings(quick, model)
@@ -90,7 +90,7 @@ def run_all(out, quick=False, models=MODELS, jobs=1):
                 cells["paired"] = paired.paired_difference(
                     cells["adapted"]["test_top1"], cells["excluded"]["test_top1"], s["seeds"], s["seeds"])
                 entry["methods"].setdefault(method, {})[str(batch)] = cells
-    return common.write_models(f"{common.claim_dir(out, NAME)}/results.json", measured, MODELS)
+    return runs.write_models(f"{runs.claim_dir(out, NAME)}/results.json", measured, MODELS)
 
 
 def table(results):
@@ -115,9 +115,9 @@ def table(results):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv, models=MODELS, quick_models=QUICK_MODELS)
+    args = cli.parse_args(__doc__.splitlines()[0], argv, models=MODELS, quick_models=QUICK_MODELS)
     results = run_all(args.out, args.quick, args.models, args.jobs)
-    path = f"{common.claim_dir(args.out, NAME)}/table.md"
+    path = f"{runs.claim_dir(args.out, NAME)}/table.md"
     with open(path, "w") as f:
         f.write(table(results))
     print(f"wrote {path}")

@@ -21,7 +21,8 @@ import numpy as np
 import keras
 import keras_lars
 
-from experiments import common
+from experiments import cli, data, plots, runs
+from keras_lars.train import records
 
 NAME = "gradient_variance"
 EPOCHS = {"fcn5": 10, "cnn5": 10, "resnet8": 6}
@@ -95,7 +96,7 @@ class GradientVarianceProbe(keras.callbacks.Callback):
 
 
 def spec(model, epochs, max_steps=0):
-    return common.RunSpec(
+    return runs.RunSpec(
         method="sgd",  # LARS with no layer adaptation: plain momentum SGD
         batch_size=BATCH,
         learning_rate=LEARNING_RATE,
@@ -111,16 +112,16 @@ def spec(model, epochs, max_steps=0):
 
 
 def run_all(out, quick=False):
-    directory = common.claim_dir(out, NAME)
+    directory = runs.claim_dir(out, NAME)
     s = QUICK if quick else dict(epochs=EPOCHS, max_steps=0, eval_examples=EVAL_EXAMPLES, evals_per_epoch=EVALS_PER_EPOCH)
-    x, y, _, _ = common.fashion_mnist()
+    x, y, _, _ = data.fashion_mnist()
     x_eval, y_eval = x[: s["eval_examples"]], y[: s["eval_examples"]]
     results = dict(batch_size=BATCH, learning_rate=LEARNING_RATE, eval_examples=s["eval_examples"], models={})
     for model, epochs in s["epochs"].items():
         run_spec = spec(model, epochs, s["max_steps"])
         steps = run_spec.steps_per_epoch
         probe = GradientVarianceProbe(x_eval, y_eval, max(1, steps // s["evals_per_epoch"]), steps)
-        summary = common.run(run_spec, f"{directory}/runs", callbacks=[probe], jit_compile=not quick)
+        summary = runs.run(run_spec, f"{directory}/runs", callbacks=[probe], jit_compile=not quick)
         results["models"][model] = dict(
             epochs=epochs,
             final_test_top1=summary["final_test_top1"],
@@ -128,7 +129,7 @@ def run_all(out, quick=False):
             run_id=summary["run_id"],
             **summary["gradient_variance"],
         )
-    common.write_json(f"{directory}/results.json", results, indent=common.RUN_FILE_INDENT)
+    records.write_json(f"{directory}/results.json", results, indent=runs.RUN_FILE_INDENT)
     return results
 
 
@@ -157,8 +158,8 @@ def _spearman(a, b):
 
 
 def plot(results, out):
-    plt = common.pyplot()
-    directory = common.claim_dir(out, NAME)
+    plt = plots.pyplot()
+    directory = runs.claim_dir(out, NAME)
     models = list(results["models"])
     fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 4.4), squeeze=False, layout="constrained")
     for ax, model in zip(axes[0], models):
@@ -179,14 +180,14 @@ def plot(results, out):
     fig.suptitle(f"CLARS Fig. 2 on Fashion-MNIST: exact per-example M_k over {results['eval_examples']:,} "
                  f"training examples (momentum SGD, LR {results['learning_rate']}, batch {results['batch_size']})",
                  fontsize=10)
-    common.save(fig, f"{directory}/gradient_variance.png")
+    plots.save(fig, f"{directory}/gradient_variance.png")
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv)
+    args = cli.parse_args(__doc__.splitlines()[0], argv)
     results = run_all(args.out, args.quick)
     results["verdict_numbers"] = verdict_numbers(results)
-    common.write_json(f"{common.claim_dir(args.out, NAME)}/results.json", results, indent=common.RUN_FILE_INDENT)
+    records.write_json(f"{runs.claim_dir(args.out, NAME)}/results.json", results, indent=runs.RUN_FILE_INDENT)
     plot(results, args.out)
 
 

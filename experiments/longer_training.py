@@ -9,7 +9,7 @@ for 10, 20 and 40 epochs, each method at its best LR of the 10-epoch grid
 reference line is each method's best at B = 512 after 10 epochs.
 """
 
-from experiments import batch_scaling, common
+from experiments import batch_scaling, cli, plots, pool, runs
 
 NAME = "longer_training"
 BATCH = 16384
@@ -20,23 +20,23 @@ MODELS = ("mlp3", "mlp3_nobn")  # the CNNs' budget left this claim out (docs/res
 
 
 def run_all(out, quick=False, models=MODELS, jobs=1):
-    directory = common.claim_dir(out, NAME)
+    directory = runs.claim_dir(out, NAME)
     s = QUICK if quick else dict(batch=BATCH, budgets=EPOCH_BUDGETS, seeds=SEEDS)
     scaling = batch_scaling.run_grid(out, quick, models, jobs)
     q = batch_scaling.settings(quick)
     small = str(q["batches"][0])
     plan = [(model, method, scaling["models"][model]["methods"][method][str(s["batch"])]["best_c"], epochs, seed)
-            for model in models for method in common.METHODS for epochs in s["budgets"] for seed in s["seeds"]]
+            for model in models for method in runs.METHODS for epochs in s["budgets"] for seed in s["seeds"]]
     specs = [batch_scaling.spec(model, method, s["batch"], c, seed, epochs, q["max_steps"])
              for model, method, c, epochs, seed in plan]
     tasks = [(spec, f"{out}/{batch_scaling.NAME}/runs" if spec.epochs == q["epochs"] else f"{directory}/runs", not quick)
              for spec in specs]
-    finals = {key: r["final_test_top1"] for key, r in zip(plan, common.run_many(tasks, jobs))}
+    finals = {key: r["final_test_top1"] for key, r in zip(plan, pool.run_many(tasks, jobs))}
     steps = {(key[0], key[3]): spec.steps_per_epoch * spec.epochs for key, spec in zip(plan, specs)}
     measured = {}
     for model in models:
         methods = {}
-        for method in common.METHODS:
+        for method in runs.METHODS:
             c = scaling["models"][model]["methods"][method][str(s["batch"])]["best_c"]
             per_budget = {}
             for epochs in s["budgets"]:
@@ -51,19 +51,19 @@ def run_all(out, quick=False, models=MODELS, jobs=1):
                                    small_batch=dict(batch_size=int(small), epochs=q["epochs"],
                                                     best_test_top1=reference["best_test_top1"]))
         measured[model] = dict(batch_size=s["batch"], budgets=list(s["budgets"]), methods=methods)
-    return common.write_models(f"{directory}/results.json", measured, MODELS)
+    return runs.write_models(f"{directory}/results.json", measured, MODELS)
 
 
 def plot(results, out):
-    plt = common.pyplot()
-    directory = common.claim_dir(out, NAME)
+    plt = plots.pyplot()
+    directory = runs.claim_dir(out, NAME)
     models = list(results["models"])
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.3), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models):
         _panel(ax, model, results["models"][model])
     axes[0][0].set_ylabel("final test top-1 (3 seeds: mean, min-max)")
     fig.tight_layout()
-    common.save(fig, f"{directory}/accuracy_vs_epochs.png")
+    plots.save(fig, f"{directory}/accuracy_vs_epochs.png")
 
 
 def _panel(ax, model, result):
@@ -87,7 +87,7 @@ def _panel(ax, model, result):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv, models=MODELS)
+    args = cli.parse_args(__doc__.splitlines()[0], argv, models=MODELS)
     plot(run_all(args.out, args.quick, args.models, args.jobs), args.out)
 
 

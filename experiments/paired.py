@@ -1,7 +1,7 @@
 """Seed-paired comparisons of two methods.
 
 The same seed gives every method the same initial weights and the same data
-order (`experiments.common.datasets`), so two methods' runs pair by seed, and
+order (`experiments.data.datasets`), so two methods' runs pair by seed, and
 their difference is judged on the per-seed differences d_i = a_i - b_i:
 mean, a two-sided t interval over the pairs,
 

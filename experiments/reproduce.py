@@ -18,7 +18,8 @@ import argparse
 import sys
 import tempfile
 
-from experiments import common, runtime
+from experiments import runs, runtime
+from keras_lars.train import records
 
 NUMBERS = ("final_test_top1", "best_test_top1", "diverged", "final_validation_top1",
            "final_validation_top1_precise_bn", "final_test_top1_precise_bn")
@@ -44,15 +45,15 @@ def differences(committed, rerun):
 def reproduce(path, log=print):
     """Retrains the run of `path` in a temporary folder; returns the
     differences (empty when it reproduced)."""
-    committed = common.read_json(path)
+    committed = records.read_json(path)
     if "kind" in committed["spec"]:
         from experiments import self_supervised
 
         spec = self_supervised.Spec(**committed["spec"])
         train = self_supervised.train
     else:
-        spec = common.RunSpec(**committed["spec"])
-        train = lambda spec: common.run(spec, cache, log=lambda *_: None)  # noqa: E731
+        spec = runs.RunSpec(**committed["spec"])
+        train = lambda spec: runs.run(spec, cache, log=lambda *_: None)  # noqa: E731
     if spec.run_id() != committed["run_id"]:
         raise ValueError(f"{path}: its spec gives run id {spec.run_id()!r}, not {committed['run_id']!r}")
     with tempfile.TemporaryDirectory() as cache:
@@ -71,7 +72,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run files (docs/results/CLAIM/runs/*.json)")
     args = parser.parse_args(argv)
-    common.configure_runtime()
+    runs.configure_runtime()
     failed = [path for path in args.runs if reproduce(path)]
     sys.exit(1 if failed else 0)
 

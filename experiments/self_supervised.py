@@ -29,7 +29,8 @@ import time
 
 import numpy as np
 
-from experiments import batch_scaling, common
+from experiments import batch_scaling, cli, plots, pool, runs
+from keras_lars.train import records
 
 NAME = "self_supervised"
 OPTIMIZERS = ("lars", "sgd", "adamw")
@@ -188,18 +189,18 @@ def train(spec):
                 diverged=diverged, probe_test_top1=top1, **extra, seconds=round(seconds, 1),
                 probe_seconds=round(time.time() - start, 1),
                 images_per_second=round(steps * spec.batch_size * len(losses) / seconds, 1) if losses else None,
-                environment=common.environment())
+                environment=runs.environment())
 
 
 def run(spec, cache_dir):
     """`train(spec)`, or its cached summary in `cache_dir` (written on the
     first run; replaced when made under other instruction-set caps)."""
-    cached = common.read_cached(spec, cache_dir)
+    cached = runs.read_cached(spec, cache_dir)
     if cached is not None:
         return cached
     summary = train(spec)
     os.makedirs(cache_dir, exist_ok=True)
-    common.write_json(os.path.join(cache_dir, spec.run_id() + ".json"), summary, indent=common.RUN_FILE_INDENT)
+    records.write_json(os.path.join(cache_dir, spec.run_id() + ".json"), summary, indent=runs.RUN_FILE_INDENT)
     print(f"{spec.run_id()}: probe {summary['probe_test_top1']} diverged={summary['diverged']} "
           f"{summary['seconds']:.0f} s (+{summary['probe_seconds']:.0f} s probe)", flush=True)
     return summary
@@ -229,7 +230,7 @@ def _tune(kind, optimizer, batch, s, cache):
 
 
 def _tune_task(task):
-    common.configure_runtime()
+    runs.configure_runtime()
     _tune(*task)
     return task[:3]
 
@@ -257,10 +258,10 @@ def _tasks(s, cache):
 
 def run_all(out, quick=False, jobs=1):
     """Runs (or reads) every run and writes OUT/self_supervised/results.json."""
-    directory = common.claim_dir(out, NAME)
+    directory = runs.claim_dir(out, NAME)
     cache, s = f"{directory}/runs", settings(quick)
     tasks = _tasks(s, cache)
-    common.parallel(_tune_task, tasks, jobs)
+    pool.parallel(_tune_task, tasks, jobs)
     baselines = {}
     for kind in ("raw_pixels", "random_encoder"):
         seeds = s["seeds"] if kind == "random_encoder" else (0,)  # raw pixels: nothing random but the probe
@@ -274,7 +275,7 @@ def run_all(out, quick=False, jobs=1):
                    probe_epochs=s["probe_epochs"], supervised_batch=s["supervised_batch"],
                    simclr={o: {str(b): _cell("simclr", o, b, s, cache) for b in s["batches"]} for o in OPTIMIZERS},
                    baselines=baselines)
-    common.write_json(f"{directory}/results.json", results, indent=common.RUN_FILE_INDENT)
+    records.write_json(f"{directory}/results.json", results, indent=runs.RUN_FILE_INDENT)
     return results
 
 
@@ -285,8 +286,8 @@ BASELINE_STYLES = {"raw_pixels": ":", "random_encoder": "--", "supervised": "-."
 
 def plot(results, out):
     """probe top-1 against batch per optimizer (left) and against c (right)."""
-    plt = common.pyplot()
-    directory = common.claim_dir(out, NAME)
+    plt = plots.pyplot()
+    directory = runs.claim_dir(out, NAME)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12.8, 4.8))
     batches = results["batches"]
     for optimizer, cells in results["simclr"].items():
@@ -314,7 +315,7 @@ def plot(results, out):
     right.set_ylabel("probe test top-1 (seed 0; diverged = 0.1)")
     right.set_title("the learning-rate grids")
     right.legend(fontsize=7)
-    common.save(fig, f"{directory}/probe_vs_batch.png")
+    plots.save(fig, f"{directory}/probe_vs_batch.png")
 
 
 def table(results):
@@ -334,10 +335,10 @@ def table(results):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv, jobs=True)
+    args = cli.parse_args(__doc__.splitlines()[0], argv, jobs=True)
     results = run_all(args.out, args.quick, args.jobs)
     plot(results, args.out)
-    path = os.path.join(common.claim_dir(args.out, NAME), "table.md")
+    path = os.path.join(runs.claim_dir(args.out, NAME), "table.md")
     with open(path, "w") as f:
         f.write(table(results))
     print(f"wrote {path}")

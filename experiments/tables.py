@@ -7,7 +7,8 @@ files (so that no number is copied by hand):
 import argparse
 import os
 
-from experiments import batch_scaling, common, paired
+from experiments import batch_scaling, models, paired
+from keras_lars.train import records
 
 NAMES = {"sgd": "SGD + momentum", "lars": "LARS", "clars": "CLARS"}
 EPOCHS_SHOWN = (1, 2, 3, 5)  # and the last
@@ -33,7 +34,7 @@ def _train_top1(runs_dir, point):
     statistics) can lag what the optimizer reached."""
     finals = []
     for run_id in point["run_ids"]:
-        epochs = common.read_json(os.path.join(runs_dir, run_id + ".json"))["epochs"]
+        epochs = records.read_json(os.path.join(runs_dir, run_id + ".json"))["epochs"]
         finals.append(epochs[-1]["train_top1"] if epochs else batch_scaling.CHANCE)
     return _cell(sum(finals) / len(finals), min(finals), max(finals))
 
@@ -105,7 +106,7 @@ def batch_norm_before_after(before, after, batches=(8192, 16384)):
     momentum 0.99, c chosen on test) against after (momentum 0.9, c chosen
     on validation; and precise BatchNorm statistics), per method."""
     lines = []
-    for model in [m for m in after["models"] if m in common.BATCH_NORM_MODELS and m in before["models"]]:
+    for model in [m for m in after["models"] if m in models.BATCH_NORM_MODELS and m in before["models"]]:
         old, new = before["models"][model], after["models"][model]
         lines += [f"{batch_scaling.TITLES.get(model, model)}: test top-1 at each method's chosen c, mean (min-max) "
                   "over 3 seeds", "",
@@ -172,12 +173,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     for name, table in TABLES.items():
         path = os.path.join(args.out, name, "results.json")
-        results = common.read_json(path) if os.path.exists(path) else {}
+        results = records.read_json(path) if os.path.exists(path) else {}
         if name == "batch_scaling" and "models" in results:
             print(f"## {name}\n\n{table(results, os.path.join(args.out, name, 'runs'))}")
             before = os.path.join(args.out, name, "results_before_issue44.json")
             if os.path.exists(before):
-                print(f"## BatchNorm before and after\n\n{batch_norm_before_after(common.read_json(before), results)}")
+                print(f"## BatchNorm before and after\n\n{batch_norm_before_after(records.read_json(before), results)}")
         elif "models" in results:
             print(f"## {name}\n\n{table(results)}")
         else:

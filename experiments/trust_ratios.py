@@ -21,7 +21,8 @@ import numpy as np
 import keras
 import keras_lars
 
-from experiments import common
+from experiments import cli, data, plots, runs
+from keras_lars.train import records
 
 NAME = "trust_ratios"
 C = 0.8
@@ -30,13 +31,13 @@ RESNET50_STEPS = 40
 
 def specs(quick=False):
     if quick:
-        return {"resnet8": common.RunSpec(method="lars", model="resnet8", batch_size=256, learning_rate=C, epochs=1,
+        return {"resnet8": runs.RunSpec(method="lars", model="resnet8", batch_size=256, learning_rate=C, epochs=1,
                                           warmup_epochs=0.5, max_steps=4, statistics_every=1)}
     return {
-        "resnet8": common.RunSpec(method="lars", model="resnet8", batch_size=512, learning_rate=C * 2, epochs=3,
+        "resnet8": runs.RunSpec(method="lars", model="resnet8", batch_size=512, learning_rate=C * 2, epochs=3,
                                   warmup_epochs=1, statistics_every=1),
         # A whole epoch (468 steps) ran for over 80 minutes here without finishing.
-        "resnet50": common.RunSpec(method="lars", model="resnet50", image_size=64, batch_size=128, learning_rate=C / 2,
+        "resnet50": runs.RunSpec(method="lars", model="resnet50", image_size=64, batch_size=128, learning_rate=C / 2,
                                    epochs=1, warmup_epochs=0.25, max_steps=RESNET50_STEPS, statistics_every=1),
     }
 
@@ -85,13 +86,13 @@ def ratios(record):
 
 
 def run_all(out, quick=False):
-    directory = common.claim_dir(out, NAME)
+    directory = runs.claim_dir(out, NAME)
     results = dict(models={})
     for model, spec in specs(quick).items():
         # Epochs of the whole training set, also for a run cut short by max_steps.
         recorder = StatisticsRecorder(record_steps(spec.steps_per_epoch * spec.epochs),
-                                      common.TRAIN_EXAMPLES // spec.batch_size)
-        summary = common.run(spec, f"{directory}/runs", callbacks=[recorder], jit_compile=not quick)
+                                      data.TRAIN_EXAMPLES // spec.batch_size)
+        summary = runs.run(spec, f"{directory}/runs", callbacks=[recorder], jit_compile=not quick)
         stats = summary["statistics"]
         first = stats["records"][0]
         r = ratios(first)
@@ -115,7 +116,7 @@ def run_all(out, quick=False):
             variables=stats["variables"],
             adapted=stats["adapted"],
         )
-    common.write_json(f"{directory}/results.json", results, indent=common.RUN_FILE_INDENT)
+    records.write_json(f"{directory}/results.json", results, indent=runs.RUN_FILE_INDENT)
     return results
 
 
@@ -129,8 +130,8 @@ def _short(path):
 
 
 def plot(results, out):
-    plt = common.pyplot()
-    directory = common.claim_dir(out, NAME)
+    plt = plots.pyplot()
+    directory = runs.claim_dir(out, NAME)
     models = list(results["models"])
     # Table 2: every variable at iteration 1.
     fig, axes = plt.subplots(len(models), 1, figsize=(12, 3.6 * len(models)), squeeze=False)
@@ -152,7 +153,7 @@ def plot(results, out):
         ax.set_xlabel("variable, in model order")
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    common.save(fig, f"{directory}/ratio_iteration_1.png")
+    plots.save(fig, f"{directory}/ratio_iteration_1.png")
     # Fig. 2: over training.
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -176,11 +177,11 @@ def plot(results, out):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    common.save(fig, f"{directory}/ratio_over_training.png")
+    plots.save(fig, f"{directory}/ratio_over_training.png")
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv)
+    args = cli.parse_args(__doc__.splitlines()[0], argv)
     plot(run_all(args.out, args.quick), args.out)
 
 

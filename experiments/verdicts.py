@@ -23,7 +23,8 @@ Rules (B >= `LARGE` is a large batch; a difference "ahead" / "behind" /
 import argparse
 import os
 
-from experiments import common, paired
+from experiments import paired
+from keras_lars.train import records
 
 LARGE = 4096
 
@@ -91,7 +92,7 @@ def cells(out):
         path = os.path.join(out, name, "results.json")
         if not os.path.exists(path):
             continue
-        for model, result in common.read_json(path)["models"].items():
+        for model, result in records.read_json(path)["models"].items():
             if name == "batch_scaling" and "paired" not in result:
                 continue
             if name == "warmup" and not all("paired" in e for e in result["batches"].values()):

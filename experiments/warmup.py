@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from experiments import batch_scaling, common, paired
+from experiments import batch_scaling, cli, paired, plots, pool, runs
 
 NAME = "warmup"
 BATCHES = (8192, 16384)
@@ -48,7 +48,7 @@ def _specs(model, batch, best, s, q):
 
 
 def run_all(out, quick=False, models=batch_scaling.MODELS, jobs=1):
-    directory = common.claim_dir(out, NAME)
+    directory = runs.claim_dir(out, NAME)
     s = QUICK if quick else dict(batches=BATCHES, seeds=SEEDS)
     scaling = batch_scaling.run_grid(out, quick, models, jobs)  # cached: the tuned LRs
     q = batch_scaling.settings(quick)
@@ -56,37 +56,37 @@ def run_all(out, quick=False, models=batch_scaling.MODELS, jobs=1):
     plan = {}
     for model in models:
         for batch in s["batches"]:
-            best = {m: scaling["models"][model]["methods"][m][str(batch)]["best_c"] for m in common.METHODS}
+            best = {m: scaling["models"][model]["methods"][m][str(batch)]["best_c"] for m in runs.METHODS}
             plan[model, batch] = best, _specs(model, batch, best, s, q)
     tasks = [(spec, f"{directory}/runs" if _new(spec) else grid_cache, not quick)
              for _, specs in plan.values() for _, spec in specs]
-    summaries = iter(common.run_many(tasks, jobs))
+    summaries = iter(pool.run_many(tasks, jobs))
     measured = {}
     for (model, batch), (best, specs) in plan.items():
         entry = dict(lars_best_c=best["lars"], clars_best_c=best["clars"], sgd_best_c=best["sgd"], runs={})
         for key, label, method, _, eta in RUNS:
-            runs = [(spec, next(summaries)) for k, spec in specs if k == key]
-            curves = [[e["test_top1"] for e in r["epochs"]] for _, r in runs]
-            spec = runs[0][0]
-            validation = [[e.get("validation_top1") for e in r["epochs"]] for _, r in runs]
+            done = [(spec, next(summaries)) for k, spec in specs if k == key]
+            curves = [[e["test_top1"] for e in r["epochs"]] for _, r in done]
+            spec = done[0][0]
+            validation = [[e.get("validation_top1") for e in r["epochs"]] for _, r in done]
             entry["runs"][key] = dict(
                 label=label, method=method, warmup_epochs=spec.warmup_epochs, eta=eta,
                 c=spec.learning_rate * 256 / batch, learning_rate=spec.learning_rate, seeds=list(s["seeds"]),
                 test_top1_per_epoch=[c + [None] * (q["epochs"] - len(c)) for c in curves],
                 validation_top1_per_epoch=[c + [None] * (q["epochs"] - len(c)) for c in validation],
-                final_test_top1=[r["final_test_top1"] for _, r in runs],
-                final_test_top1_precise_bn=[r.get("final_test_top1_precise_bn") for _, r in runs],
-                diverged=[r["diverged"] for _, r in runs], run_ids=[r["run_id"] for _, r in runs])
+                final_test_top1=[r["final_test_top1"] for _, r in done],
+                final_test_top1_precise_bn=[r.get("final_test_top1_precise_bn") for _, r in done],
+                diverged=[r["diverged"] for _, r in done], run_ids=[r["run_id"] for _, r in done])
         entry["paired"] = paired_differences(entry["runs"], q["epochs"])
         measured.setdefault(model, dict(epochs=q["epochs"], batches={}))["batches"][str(batch)] = entry
-    return common.write_models(f"{directory}/results.json", measured, batch_scaling.MODELS)
+    return runs.write_models(f"{directory}/results.json", measured, batch_scaling.MODELS)
 
 
 # Claim 4's seed-paired comparisons (a - b), at epoch 1 (the early lead) and at the end.
 COMPARISONS = (("clars", "lars_warmup"), ("clars", "lars_no_warmup_eta0.001"), ("lars_no_warmup_eta0.01", "lars_warmup"))
 
 
-def paired_differences(runs, epochs):
+def paired_differences(entries, epochs):
     """{"clars-lars_warmup": {"1": difference, "<epochs>": difference}, ...}:
     test top-1 after epoch 1 and after the last, paired by seed (a diverged
     seed counting as chance from the epoch it diverged on)."""
@@ -94,9 +94,9 @@ def paired_differences(runs, epochs):
     for a, b in COMPARISONS:
         for epoch in (1, epochs):
             scores = [[batch_scaling.CHANCE if c[epoch - 1] is None else c[epoch - 1]
-                       for c in runs[k]["test_top1_per_epoch"]] for k in (a, b)]
+                       for c in entries[k]["test_top1_per_epoch"]] for k in (a, b)]
             found.setdefault(f"{a}-{b}", {})[str(epoch)] = paired.paired_difference(
-                scores[0], scores[1], runs[a]["seeds"], runs[b]["seeds"])
+                scores[0], scores[1], entries[a]["seeds"], entries[b]["seeds"])
     return found
 
 
@@ -108,8 +108,8 @@ def _new(spec):
 
 
 def plot(results, out):
-    plt = common.pyplot()
-    directory = common.claim_dir(out, NAME)
+    plt = plots.pyplot()
+    directory = runs.claim_dir(out, NAME)
     models = list(results["models"])
     batches = list(results["models"][models[0]]["batches"])
     fig, axes = plt.subplots(len(models), len(batches), figsize=(6.2 * len(batches), 4.4 * len(models)),
@@ -118,7 +118,7 @@ def plot(results, out):
         for ax, batch in zip(row, batches):
             _panel(ax, model, batch, results["models"][model]["batches"][batch])
     fig.tight_layout()
-    common.save(fig, f"{directory}/top1_per_epoch.png")
+    plots.save(fig, f"{directory}/top1_per_epoch.png")
 
 
 def _panel(ax, model, batch, entry):
@@ -141,7 +141,7 @@ def _panel(ax, model, batch, entry):
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.splitlines()[0], argv, models=batch_scaling.MODELS,
+    args = cli.parse_args(__doc__.splitlines()[0], argv, models=batch_scaling.MODELS,
                              quick_models=batch_scaling.QUICK_MODELS)
     plot(run_all(args.out, args.quick, args.models, args.jobs), args.out)
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from experiments import batch_scaling, common, paired, precise_bn
+from experiments import batch_scaling, data, models, paired, precise_bn, runs
 
 
 def _bn_net(momentum=0.9):
@@ -109,8 +109,8 @@ def test_validation_split_is_held_out_from_training():
     assert spec.validation_examples == 10000 and spec.train_examples == 50000
     assert spec.steps_per_epoch == 6 and spec.batch_norm_momentum == 0.9
     assert batch_scaling.spec("cnn3_nobn", "sgd", 512, 0.1).batch_norm_momentum is None
-    x, y, _, _ = common.fashion_mnist()
-    train, validation, _ = common.datasets(spec)
+    x, y, _, _ = data.fashion_mnist()
+    train, validation, _ = data.datasets(spec)
     seen = np.concatenate([b[0].numpy() for b in train.take(6)])
     held = np.concatenate([b[0].numpy() for b in validation])
     assert len(held) == 10000 and np.array_equal(held, x[50000:])
@@ -123,15 +123,15 @@ def test_validation_split_is_held_out_from_training():
 
 def test_experiment_models_take_the_spec_batch_norm_momentum():
     for name in ("mlp3", "cnn3"):
-        layers = precise_bn.batch_norm_layers(common.build_model(name, batch_norm_momentum=0.9))
+        layers = precise_bn.batch_norm_layers(models.build_model(name, batch_norm_momentum=0.9))
         assert layers and all(l.momentum == 0.9 for l in layers)
-    assert not precise_bn.batch_norm_layers(common.build_model("cnn3_nobn", batch_norm_momentum=0.9))
+    assert not precise_bn.batch_norm_layers(models.build_model("cnn3_nobn", batch_norm_momentum=0.9))
 
 
 def test_adapt_biases_gives_biases_the_trust_ratio():
-    default = common.build_optimizer(batch_scaling.spec("mlp3_nobn", "lars", 512, 0.1))
-    adapted = common.build_optimizer(batch_scaling.spec("mlp3_nobn", "lars", 512, 0.1, adapt_biases=True))
-    model = common.build_model("mlp3_nobn")
+    default = runs.build_optimizer(batch_scaling.spec("mlp3_nobn", "lars", 512, 0.1))
+    adapted = runs.build_optimizer(batch_scaling.spec("mlp3_nobn", "lars", 512, 0.1, adapt_biases=True))
+    model = models.build_model("mlp3_nobn")
     bias, kernel = model.get_layer("fc1").bias, model.get_layer("fc1").kernel
     assert default.adapts([bias, kernel]) == [False, True]
     assert adapted.adapts([bias, kernel]) == [True, True]
@@ -141,7 +141,7 @@ def test_adapt_biases_gives_biases_the_trust_ratio():
 def test_a_run_records_validation_batch_norm_and_precise_statistics(tmp_path):
     """A 2-epoch, 3-step cnn3 run: validation top-1 per epoch, the momentum,
     precise-BN top-1 after the last epoch; cnn3_nobn records no BatchNorm."""
-    summary = common.run(batch_scaling.spec("cnn3", "lars", 1024, 0.2, epochs=2, max_steps=3), str(tmp_path),
+    summary = runs.run(batch_scaling.spec("cnn3", "lars", 1024, 0.2, epochs=2, max_steps=3), str(tmp_path),
                          log=lambda *_: None, jit_compile=False)
     assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
     assert all(0 <= e["validation_top1"] <= 1 for e in summary["epochs"])
@@ -150,7 +150,7 @@ def test_a_run_records_validation_batch_norm_and_precise_statistics(tmp_path):
     assert summary["final_test_top1_precise_bn"] == summary["epochs"][-1]["test_top1_precise_bn"]
     assert "test_top1_precise_bn" not in summary["epochs"][0]
     assert os.path.exists(tmp_path / (summary["run_id"] + ".json"))
-    nobn = common.run(batch_scaling.spec("cnn3_nobn", "sgd", 1024, 0.1, epochs=1, max_steps=2), str(tmp_path),
+    nobn = runs.run(batch_scaling.spec("cnn3_nobn", "sgd", 1024, 0.1, epochs=1, max_steps=2), str(tmp_path),
                       log=lambda *_: None, jit_compile=False)
     assert nobn["spec"]["batch_norm_momentum"] is None and "final_test_top1_precise_bn" not in nobn
 
@@ -203,7 +203,7 @@ def test_results_choose_on_validation_pair_by_seed_and_add_fresh_seeds(monkeypat
                     final_test_top1=1 - v if c not in (0.05, 0.2, 0.1) else test, diverged=False, seconds=1.0,
                     run_id=spec.run_id())
 
-    monkeypatch.setattr(common, "run", fake_run)
+    monkeypatch.setattr(runs, "run", fake_run)
     s = batch_scaling.settings(quick=True)
     s.update(grids=dict(sgd=(0.025, 0.05), lars=(0.1, 0.2), clars=(0.1, 0.2)), seeds=(0, 1, 2),
              fresh_seeds={("mlp3_nobn", 1024): (7, 8)})
@@ -289,12 +289,12 @@ def test_committed_batch_scaling_results_are_recomputed_from_the_run_files(monke
     cache = os.path.join(directory, "runs")
     for model, result in committed.items():
         s = batch_scaling.settings(False, model)
-        for method in common.METHODS:
+        for method in runs.METHODS:
             for batch in s["method_batches"][method]:
                 assert batch_scaling._cached(model, method, batch, s, cache, True), (model, method, batch)
         recomputed = json.loads(json.dumps(batch_scaling.run_model(model, s, cache, True)))
         assert recomputed == result, model
-        momentum = 0.9 if model in common.BATCH_NORM_MODELS else None
+        momentum = 0.9 if model in models.BATCH_NORM_MODELS else None
         for entry in result["methods"].values():
             for point in (p for e in entry.values() for p in e["points"]):
                 for run_id in point["run_ids"]:

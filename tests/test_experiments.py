@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import (batch_scaling, common, gradient_variance, longer_training, reproduce, runtime,
+from experiments import (batch_scaling, cli, gradient_variance, longer_training, models, reproduce, runs, runtime,
                          self_supervised, trust_ratios)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,33 +20,33 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_run_spec_rejects_bad_values():
     with pytest.raises(ValueError, match="method must be one of.*'adam'"):
-        common.RunSpec(method="adam", batch_size=128, learning_rate=0.1, epochs=1)
+        runs.RunSpec(method="adam", batch_size=128, learning_rate=0.1, epochs=1)
     with pytest.raises(ValueError, match="batch_size.*Received: 0"):
-        common.RunSpec(method="lars", batch_size=0, learning_rate=0.1, epochs=1)
+        runs.RunSpec(method="lars", batch_size=0, learning_rate=0.1, epochs=1)
     with pytest.raises(ValueError, match="learning_rate must be > 0. Received: -1"):
-        common.RunSpec(method="lars", batch_size=128, learning_rate=-1, epochs=1)
+        runs.RunSpec(method="lars", batch_size=128, learning_rate=-1, epochs=1)
     with pytest.raises(ValueError, match="model must be one of"):
-        common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, model="vgg")
+        runs.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, model="vgg")
     with pytest.raises(ValueError, match=r"batch_size must be an int in \[1, 50000\].*Received: 55000"):
-        common.RunSpec(method="lars", batch_size=55000, learning_rate=0.1, epochs=1, validation_examples=10000)
+        runs.RunSpec(method="lars", batch_size=55000, learning_rate=0.1, epochs=1, validation_examples=10000)
     with pytest.raises(ValueError, match="validation_examples must be an int in .*Received: 60000"):
-        common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, validation_examples=60000)
+        runs.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, validation_examples=60000)
     with pytest.raises(ValueError, match="batch_norm_momentum must be None or in .*Received: 1.0"):
-        common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, batch_norm_momentum=1.0)
+        runs.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, batch_norm_momentum=1.0)
     with pytest.raises(ValueError, match="'cnn3' has BatchNorm: batch_norm_momentum"):
-        common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, model="cnn3",
+        runs.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, model="cnn3",
                        batch_norm_momentum=None)
     with pytest.raises(ValueError, match="adapt_biases=True needs method 'lars' or 'clars'.*'sgd'"):
-        common.RunSpec(method="sgd", batch_size=128, learning_rate=0.1, epochs=1, adapt_biases=True)
+        runs.RunSpec(method="sgd", batch_size=128, learning_rate=0.1, epochs=1, adapt_biases=True)
 
 
 def test_run_ids_differ_in_every_field():
-    base = common.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1)
+    base = runs.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1)
     ids = {base.run_id()}
     changes = (dict(seed=1), dict(eta=0.01), dict(warmup_epochs=1.0), dict(weight_decay=0.0), dict(nesterov=True),
                dict(validation_examples=10000), dict(batch_norm_momentum=0.9), dict(adapt_biases=True))
     for change in changes:
-        ids.add(common.RunSpec(**{**base.__dict__, **change}).run_id())
+        ids.add(runs.RunSpec(**{**base.__dict__, **change}).run_id())
     assert len(ids) == len(changes) + 1
 
 
@@ -55,14 +55,14 @@ def test_fields_added_later_keep_the_committed_run_ids():
     before `validation_examples`, `batch_norm_momentum` and `adapt_biases`."""
     path = os.path.join(RESULTS, "batch_scaling", "runs", "mlp3_sgd_b512_lr0.05_e10_s0_46277540.json")
     recorded = json.loads(open(path).read())["spec"]
-    assert not set(common.ADDED_FIELDS) & set(recorded)
-    assert common.RunSpec(**recorded).run_id() + ".json" == os.path.basename(path)
+    assert not set(runs.ADDED_FIELDS) & set(recorded)
+    assert runs.RunSpec(**recorded).run_id() + ".json" == os.path.basename(path)
 
 
 def test_mlp3_nobn_is_mlp3_without_batchnorm():
     """The two regimes differ only in BatchNorm: the same Dense widths, ReLU,
     and biases on where mlp3's BatchNorm supplies the shift."""
-    with_bn, without = common.build_model("mlp3"), common.build_model("mlp3_nobn")
+    with_bn, without = models.build_model("mlp3"), models.build_model("mlp3_nobn")
     dense = lambda m: [(l.units, l.use_bias) for l in m.layers if isinstance(l, keras.layers.Dense)]  # noqa: E731
     assert [u for u, _ in dense(with_bn)] == [u for u, _ in dense(without)] == [512, 256, 128, 10]
     assert [b for _, b in dense(without)] == [True] * 4
@@ -194,8 +194,8 @@ def test_reproduce_reports_every_differing_number():
 def test_sgd_baseline_is_momentum_sgd_with_coupled_weight_decay():
     """The "sgd" method (LARS with no layer adaptation) against NumPy:
     v = m v + lr (g + beta w), w -= v, with beta = 0 for the bias."""
-    spec = common.RunSpec(method="sgd", batch_size=8, learning_rate=0.5, epochs=1, weight_decay=0.01, power=0)
-    optimizer = common.build_optimizer(spec)
+    spec = runs.RunSpec(method="sgd", batch_size=8, learning_rate=0.5, epochs=1, weight_decay=0.01, power=0)
+    optimizer = runs.build_optimizer(spec)
     rng = np.random.default_rng(0)
     kernel = keras.Variable(rng.normal(size=(3, 2)).astype("float32"))
     bias = keras.Variable(rng.normal(size=(2,)).astype("float32"))
@@ -280,7 +280,7 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
     # longer_training reads its models' best points from batch_scaling
     assert set(scaling["models"]) == set(batch_scaling.QUICK_MODELS) | set(longer_training.MODELS)
     for model in scaling["models"].values():
-        for method in common.METHODS:
+        for method in runs.METHODS:
             for batch, entry in model["methods"][method].items():
                 best = [p for p in entry["points"] if p["best"]]
                 assert len(best) == 1 and best[0]["c"] == entry["best_c"]
@@ -288,8 +288,8 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
                 assert entry["best_validation_top1"] == best[0]["mean"]
                 if int(batch) >= model["all_seeds_from_batch"]:
                     assert all(p["seeds"] == [0, 1] for p in entry["points"])
-    for claim, models in (("warmup", batch_scaling.QUICK_MODELS), ("longer_training", longer_training.MODELS)):
-        assert list(json.loads((out / claim / "results.json").read_text())["models"]) == list(models)
+    for claim, names in (("warmup", batch_scaling.QUICK_MODELS), ("longer_training", longer_training.MODELS)):
+        assert list(json.loads((out / claim / "results.json").read_text())["models"]) == list(names)
     variance = json.loads((out / "gradient_variance" / "results.json").read_text())
     for entry in variance["models"].values():
         assert len(entry["records"]) >= 2 and all(m >= 1 for r in entry["records"] for m in r["gradient_variance_factor"])
@@ -350,7 +350,7 @@ def test_committed_runs_reproduce_exactly():
     """`python -m experiments.reproduce` retrains a committed run from its
     spec in a fresh process: every per-epoch number equals the file's."""
     for path in REPRODUCED:
-        spec = common.RunSpec(**json.loads(open(path).read())["spec"])
+        spec = runs.RunSpec(**json.loads(open(path).read())["spec"])
         assert os.path.basename(path) == spec.run_id() + ".json"
     result = subprocess.run([sys.executable, "-m", "experiments.reproduce", *REPRODUCED], cwd=ROOT,
                             capture_output=True, text=True, timeout=600,
@@ -360,17 +360,17 @@ def test_committed_runs_reproduce_exactly():
 
 
 def test_quick_mode_runs_the_quick_models_unless_models_are_named(monkeypatch):
-    monkeypatch.setattr(common, "configure_runtime", lambda: None)
+    monkeypatch.setattr(cli, "configure_runtime", lambda: None)
 
-    def models(*argv):
-        return common.parse_args("", list(argv), models=batch_scaling.MODELS,
+    def chosen(*argv):
+        return cli.parse_args("", list(argv), models=batch_scaling.MODELS,
                                  quick_models=batch_scaling.QUICK_MODELS).models
 
-    assert models() == batch_scaling.MODELS
-    assert models("--quick") == batch_scaling.QUICK_MODELS == ("mlp3", "cnn3_nobn")
-    assert models("--quick", "--models", "cnn3") == ("cnn3",)
+    assert chosen() == batch_scaling.MODELS
+    assert chosen("--quick") == batch_scaling.QUICK_MODELS == ("mlp3", "cnn3_nobn")
+    assert chosen("--quick", "--models", "cnn3") == ("cnn3",)
     with pytest.raises(SystemExit):
-        models("--models", "vgg")
+        chosen("--models", "vgg")
 
 
 def test_committed_self_supervised_results_are_complete_and_in_the_docs():

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from experiments import runtime
+from experiments import runs, runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # BatchNorm, convolutions, pooling and CLARS's per-example norm kernels.
@@ -21,9 +21,9 @@ SPEC = dict(method="clars", batch_size=2048, learning_rate=4.0, epochs=2, model=
             max_steps=4)
 TRAIN = """
 import json, sys, tempfile
-from experiments import common
-common.configure_runtime()
-summary = common.run(common.RunSpec(**json.loads(sys.argv[1])), tempfile.mkdtemp(), log=lambda *a: None)
+from experiments import runs
+runs.configure_runtime()
+summary = runs.run(runs.RunSpec(**json.loads(sys.argv[1])), tempfile.mkdtemp(), log=lambda *a: None)
 print(json.dumps(summary))
 """
 AVX512 = "avx512f" in runtime.cpu_flags()
@@ -87,7 +87,7 @@ def test_importing_the_experiments_pins_nothing():
     """Only entry points pin (`configure`): a test process that imports the
     experiments, and the trainer runs it starts, keep their environment
     (oneDNN capped at AVX2 has no bfloat16 convolution)."""
-    code = "import os; from experiments import common; print(os.environ.get('ONEDNN_MAX_CPU_ISA'))"
+    code = "import os; from experiments import runs; print(os.environ.get('ONEDNN_MAX_CPU_ISA'))"
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "None", result.stderr[-2000:]
@@ -114,16 +114,14 @@ def test_what_differs_from_a_recorded_run_is_said_in_one_line(monkeypatch):
 
 
 def test_a_cached_run_of_another_runtime_is_trained_again(tmp_path, monkeypatch):
-    from experiments import common
-
     _pinned(monkeypatch)
-    spec = common.RunSpec(**SPEC)
+    spec = runs.RunSpec(**SPEC)
     path = tmp_path / (spec.run_id() + ".json")
     summary = dict(spec=SPEC, run_id=spec.run_id(), environment=runtime.environment())
     path.write_text(json.dumps(summary))
-    assert common.read_cached(spec, str(tmp_path)) == summary
+    assert runs.read_cached(spec, str(tmp_path)) == summary
     path.write_text(json.dumps(dict(summary, environment=dict(summary["environment"], onednn_max_cpu_isa=None))))
-    assert common.read_cached(spec, str(tmp_path)) is None  # made before the pin: stale
+    assert runs.read_cached(spec, str(tmp_path)) is None  # made before the pin: stale
 
 
 def test_an_unpinned_process_judges_a_rerun_by_the_pinned_caps(monkeypatch):

@@ -22,11 +22,11 @@ def load_fashion_mnist():
     is installed, else from Debian's `dataset-fashion-mnist` files, else
     Keras's download."""
     try:
-        from experiments import common
+        from experiments import data
     except ImportError:  # no TensorFlow (a JAX or PyTorch install)
         return _idx_files(DEBIAN_FASHION_MNIST) if os.path.isdir(DEBIAN_FASHION_MNIST) else _keras_download()
-    x, y, x_test, y_test = common.fashion_mnist()
-    scale = lambda a: (a * common.STD + common.MEAN).astype("float32")  # noqa: E731  back to [0, 1]
+    x, y, x_test, y_test = data.fashion_mnist()
+    scale = lambda a: (a * data.STD + data.MEAN).astype("float32")  # noqa: E731  back to [0, 1]
     return scale(x), y, scale(x_test), y_test
 
 

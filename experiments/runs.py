@@ -1,5 +1,6 @@
-"""What every experiment shares: Fashion-MNIST in memory, the models, the
-three optimizers on one schedule, and cached `model.fit` runs.
+"""A training run of the experiments: its spec, the three optimizers on one
+schedule, and cached `model.fit` runs (the data: `experiments.data`; the
+networks: `experiments.models`).
 
 A run is described by a `RunSpec` (a frozen dataclass). `run(spec, cache_dir)`
 trains it once with `model.fit` and writes `cache_dir/<spec.run_id()>.json`
@@ -31,7 +32,6 @@ then polynomial decay of power 2 to `END_LEARNING_RATE`, MLPerf's shape);
 biases and BatchNorm parameters get neither adaptation nor weight decay.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -39,27 +39,17 @@ import math
 import os
 import time
 
-import numpy as np
+import keras
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import keras_lars  # noqa: E402
-from experiments import precise_bn, runtime  # noqa: E402
-from keras_lars.schedules import WarmupPolynomialDecay  # noqa: E402
-from keras_lars.train import models as train_models  # noqa: E402
-from keras_lars.train.records import read_json, write_json  # noqa: E402
+import keras_lars
+from experiments import precise_bn, runtime
+from experiments.data import TRAIN_EXAMPLES, datasets, precise_bn_images
+from experiments.models import BATCH_NORM_MODELS, MODELS, build_model
+from keras_lars.schedules import WarmupPolynomialDecay
+from keras_lars.train.records import read_json, write_json
 
 METHODS = ("sgd", "lars", "clars")
-MODELS = ("mlp3", "mlp3_nobn", "cnn3", "cnn3_nobn", "resnet8", "resnet50", "fcn5", "cnn5")
-BATCH_NORM_MODELS = ("mlp3", "cnn3")  # whose BatchNorm momentum a spec sets (the ResNets have the trainer's)
 END_LEARNING_RATE = 1e-4
-TRAIN_EXAMPLES = 60000
-NUM_CLASSES = 10
-# Fashion-MNIST's mean and std (as the trainer's preprocessing).
-MEAN, STD = 0.2860, 0.3530
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,11 +157,6 @@ class RunSpec:
 RUN_FILE_INDENT = 1  # the committed run and results files' JSON layout
 # Fields added to RunSpec after runs were committed, with their defaults.
 ADDED_FIELDS = dict(validation_examples=0, batch_norm_momentum=0.99, adapt_biases=False)
-# Precise BatchNorm statistics (`experiments.precise_bn`) are computed over the
-# first this many training images (the same for every run).
-PRECISE_BN_EXAMPLES = 10000
-
-_DATA = {}
 
 
 def configure_runtime():
@@ -183,142 +168,6 @@ def configure_runtime():
 def environment():
     """What a run's numbers depend on besides its spec (`runtime.environment`)."""
     return runtime.environment()
-
-
-def fashion_mnist():
-    """Fashion-MNIST through the real TFDS builder (prepared offline from
-    Debian's files when present), as normalised float32 NumPy arrays:
-    ((60000, 28, 28, 1), (60000,) int32, (10000, 28, 28, 1), (10000,) int32)."""
-    if not _DATA:
-        from keras_lars.train import data
-
-        builder = data.get_builder("fashion_mnist")
-        for split in ("train", "test"):
-            batch = tfds_as_numpy(builder, split)
-            images = (batch["image"].astype(np.float32) / 255.0 - MEAN) / STD
-            _DATA[split] = (images, batch["label"].astype(np.int32))
-    return _DATA["train"] + _DATA["test"]
-
-
-def tfds_as_numpy(builder, split):
-    import tensorflow_datasets as tfds
-
-    return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-
-
-def _images(x, image_size):
-    """Resizes to image_size (bilinear) and repeats to 3 channels for resnet50."""
-    if image_size == 28:
-        return x
-    return tf.image.grayscale_to_rgb(tf.image.resize(x, (image_size, image_size)))
-
-
-def datasets(spec):
-    """(train, validation, test) `tf.data.Dataset`s (validation None when
-    `spec.validation_examples` is 0): train is the first
-    `spec.train_examples` training images, validation the rest; the train
-    order depends only on `spec.seed`, so every method sees the same
-    batches."""
-    x, y, x_test, y_test = fashion_mnist()
-    n = spec.train_examples
-    train = tf.data.Dataset.from_tensor_slices((x[:n], y[:n]))
-    train = train.shuffle(n, seed=spec.seed, reshuffle_each_iteration=True)
-    train = train.batch(spec.batch_size, drop_remainder=True)
-    test = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(1000)
-    validation = tf.data.Dataset.from_tensor_slices((x[n:], y[n:])).batch(1000) if n < len(x) else None
-    if spec.max_steps:  # the quick mode: a few train steps, one test (and validation) batch
-        train, test = train.take(spec.max_steps), test.take(1)
-        validation = validation and validation.take(1)
-    if spec.image_size != 28:
-        resize = lambda a, b: (_images(a, spec.image_size), b)  # noqa: E731
-        train, test = train.map(resize), test.map(resize)
-        validation = validation and validation.map(resize)
-    return train.prefetch(2), validation and validation.prefetch(2), test.prefetch(2)
-
-
-def precise_bn_images(spec):
-    """The training images precise BatchNorm statistics are computed over:
-    the first `PRECISE_BN_EXAMPLES` (1,000 in the quick mode), as float32
-    NumPy."""
-    x = fashion_mnist()[0]
-    images = x[:1000 if spec.max_steps else PRECISE_BN_EXAMPLES]
-    return images if spec.image_size == 28 else _images(images, spec.image_size).numpy()
-
-
-def build_model(name, image_size=28, batch_norm_momentum=0.99):
-    """A model of `MODELS`, ending in a float32 softmax (as the trainer's);
-    mlp3's and cnn3's BatchNorm layers use `batch_norm_momentum`:
-
-    - resnet8, resnet50: the trainer's CIFAR ResNet-8 and ResNet-50 v1.5.
-    - mlp3: 784-512-256-128-10 with BatchNorm and ReLU (bias-free hidden
-      layers): the batch-scaling model, ~50x cheaper per image than ResNet-8.
-    - mlp3_nobn: the same MLP without BatchNorm (hidden layers with biases,
-      ReLU): the no-BatchNorm regime (the LARS paper's AlexNet against
-      AlexNet-BN).
-    - cnn3_nobn: the LARS paper's AlexNet in Fashion-MNIST's size: three
-      ReLU convolutions with biases (5x5/8, 3x3/16, 3x3/32), each followed
-      by 2x2 max pooling, and a dense head (64, ReLU; 10).
-    - cnn3: the same network with BatchNorm after every convolution and the
-      hidden dense layer (those bias-free): AlexNet-BN's role.
-    - fcn5, cnn5: the CLARS paper's 5-layer sigmoid nets of Fig. 2 (the paper
-      gives no widths): fcn5 784-512-256-128-64-10; cnn5 three 3x3 convs
-      (16/32/64, each followed by 2x2 max pooling) and two dense layers (128, 10).
-    """
-    if name in ("resnet8", "resnet50"):
-        channels = 3 if name == "resnet50" else 1
-        return train_models.build_model(name, NUM_CLASSES, (image_size, image_size, channels))
-    layers = keras.layers
-    inputs = keras.Input((image_size, image_size, 1), name="images")
-    if name in ("cnn3", "cnn3_nobn"):
-        return _cnn3(inputs, batch_norm_momentum if name == "cnn3" else None)
-    x = layers.Flatten(name="flatten")(inputs) if name != "cnn5" else inputs
-    if name == "mlp3":
-        for i, width in enumerate((512, 256, 128)):
-            x = layers.Dense(width, use_bias=False, name=f"fc{i + 1}")(x)
-            x = layers.BatchNormalization(momentum=batch_norm_momentum, name=f"bn{i + 1}")(x)
-            x = layers.ReLU(name=f"relu{i + 1}")(x)
-    elif name == "mlp3_nobn":
-        for i, width in enumerate((512, 256, 128)):
-            x = layers.Dense(width, activation="relu", name=f"fc{i + 1}")(x)
-    elif name == "fcn5":
-        for i, width in enumerate((512, 256, 128, 64)):
-            x = layers.Dense(width, activation="sigmoid", name=f"fc{i + 1}")(x)
-    else:
-        for i, filters in enumerate((16, 32, 64)):
-            x = layers.Conv2D(filters, 3, padding="same", activation="sigmoid", name=f"conv{i + 1}")(x)
-            x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
-        x = layers.Flatten(name="flatten")(x)
-        x = layers.Dense(128, activation="sigmoid", name="fc4")(x)
-    x = layers.Dense(NUM_CLASSES, name=f"fc{4 if name.startswith('mlp3') else 5}")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name=name)
-
-
-CNN3_CONVS = ((8, 5), (16, 3), (32, 3))  # (filters, kernel size) of cnn3's convolutions
-CNN3_DENSE = 64
-
-
-def _cnn3(inputs, batch_norm_momentum):
-    """cnn3 with BatchNorm of that momentum, or cnn3_nobn when it is None."""
-    layers = keras.layers
-    batch_norm = batch_norm_momentum is not None
-
-    def block(x, layer, index):
-        x = layer(x)
-        if batch_norm:
-            x = layers.BatchNormalization(momentum=batch_norm_momentum, name=f"bn{index}")(x)
-        return layers.ReLU(name=f"relu{index}")(x)
-
-    x = inputs
-    for i, (filters, size) in enumerate(CNN3_CONVS):
-        x = block(x, layers.Conv2D(filters, size, padding="same", use_bias=not batch_norm, name=f"conv{i + 1}"), i + 1)
-        x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
-    x = layers.Flatten(name="flatten")(x)
-    x = block(x, layers.Dense(CNN3_DENSE, use_bias=not batch_norm, name="fc4"), 4)
-    x = layers.Dense(NUM_CLASSES, name="fc5")(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name="cnn3" if batch_norm else "cnn3_nobn")
-
 
 def build_optimizer(spec):
     steps = spec.steps_per_epoch
@@ -480,100 +329,6 @@ def run(spec, cache_dir, callbacks=(), log=print, jit_compile=True):
     )
     return summary
 
-
-def parse_args(description, argv=None, models=None, jobs=None, quick_models=None):
-    """The flags every experiment takes: --out, --quick, --models when
-    `models` (the claim's models) is given, and --jobs when `jobs` is true
-    (default: when `models` is given). Configures the runtime. Without
-    --models, --quick runs `quick_models` (default: all of `models`)."""
-    parser = argparse.ArgumentParser(description=description)
-    if models:
-        parser.add_argument(
-            "--models",
-            default=None,
-            help="comma-separated subset of " + ", ".join(models) + " (default: all"
-            + (f"; with --quick: {','.join(quick_models)}" if quick_models else "") + ")",
-        )
-    if jobs or (jobs is None and models):
-        parser.add_argument("--jobs", type=positive_int, default=1, help=JOBS_HELP)
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="results folder (default: docs/results, or runs/experiments_quick with --quick)",
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny grid, 2 steps per epoch, no XLA: checks the pipeline, not the science",
-    )
-    args = parser.parse_args(argv)
-    if args.out is None:
-        args.out = "runs/experiments_quick" if args.quick else "docs/results"
-    if models:
-        if args.models is None:
-            args.models = ",".join(quick_models if args.quick and quick_models else models)
-        args.models = tuple(m for m in args.models.split(",") if m)
-        unknown = sorted(set(args.models) - set(models))
-        if unknown or not args.models:
-            parser.error(f"--models {','.join(unknown) or '(empty)'} is not accepted; accepted: {', '.join(models)}")
-    configure_runtime()
-    return args
-
-
-JOBS_HELP = "training processes at a time (default 1; each uses one thread, so up to the core count)"
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1. Received: {text!r}")
-    return value
-
-
-def parallel(function, tasks, jobs):
-    """Calls `function(task)` for every task, in order, in `jobs` spawned
-    processes (each configures its own runtime), or in this process when
-    jobs is 1 or there is one task and no processes yet. The processes are
-    started once and serve every later call (every claim of a suite): each
-    start imports TensorFlow. A task's exception is raised here."""
-    if jobs == 1 or len(tasks) == 0 or (len(tasks) == 1 and not _POOL):
-        return [function(task) for task in tasks]
-    return list(_pool(jobs).imap(function, tasks, chunksize=1))
-
-
-_POOL = []  # the suite's one process pool, started on first use
-
-
-def _pool(jobs):
-    if not _POOL:
-        import atexit
-        import multiprocessing
-
-        _POOL.append(multiprocessing.get_context("spawn").Pool(jobs))
-        atexit.register(_POOL[0].terminate)
-    return _POOL[0]
-
-
-def _run_task(task):
-    configure_runtime()
-    return run(*task)
-
-
-def run_many(tasks, jobs=1):
-    """`run(spec, cache_dir, jit_compile=jit)` for every (spec, cache_dir, jit)
-    task, in `jobs` processes; the summaries, in order. Cached runs are read
-    here: processes are started only for runs left to train."""
-    summaries = [read_cached(spec, cache) for spec, cache, _ in tasks]
-    todo = [i for i, summary in enumerate(summaries) if summary is None]
-    trained = parallel(_run_task, [(*tasks[i][:2], (), print, tasks[i][2]) for i in todo], jobs)
-    for i, summary in zip(todo, trained):
-        summaries[i] = summary
-    return summaries
-
-
 def claim_dir(out, name):
     path = os.path.join(out, name)
     os.makedirs(os.path.join(path, "runs"), exist_ok=True)
@@ -591,18 +346,3 @@ def write_models(path, measured, order, **fields):
     results = dict(fields, models={m: models[m] for m in order if m in models})
     write_json(path, results, indent=RUN_FILE_INDENT)
     return results
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save(fig, path):
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
-    print(f"wrote {path}")
