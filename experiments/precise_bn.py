@@ -5,8 +5,8 @@ over a fixed set of training examples, computed with the network in training
 mode (every earlier BatchNorm normalizing by its batch's statistics, as in
 training).
 
-With few optimizer steps (36-73 at B = 8K-16K in 10 epochs) an exponential
-moving average still holds much of its initial value (0 and 1) at evaluation:
+With few optimizer steps (30-60 at B = 16K-8K in 10 epochs of 50,000
+images) an exponential moving average still holds much of its initial value (0 and 1) at evaluation:
 at momentum m after s steps, a fraction m**s. Precise statistics have no such
 lag. They change only what is evaluated: `precise_statistics` restores the
 moving statistics afterwards, so training continues bit for bit as without it.
