@@ -6,9 +6,9 @@ mode (every earlier BatchNorm normalizing by its batch's statistics, as in
 training).
 
 With few optimizer steps (30-60 at B = 16K-8K in 10 epochs of 50,000
-images) an exponential moving average still holds much of its initial value (0 and 1) at evaluation:
-at momentum m after s steps, a fraction m**s. Precise statistics have no such
-lag. They change only what is evaluated: `precise_statistics` restores the
+images) an exponential moving average still holds much of its initial value
+(0 and 1) at evaluation: at momentum m after s steps, a fraction m**s.
+Precise statistics have no such lag. They change only what is evaluated: `precise_statistics` restores the
 moving statistics afterwards, so training continues bit for bit as without it.
 """
 
