@@ -45,7 +45,7 @@ import keras_lars
 from experiments import precise_bn, runtime
 from experiments.data import TRAIN_EXAMPLES, datasets, precise_bn_images
 from experiments.models import BATCH_NORM_MODELS, MODELS, build_model
-from keras_lars.schedules import WarmupPolynomialDecay
+from keras_lars.train import optimizers
 from keras_lars.train.records import read_json, write_json
 
 METHODS = ("sgd", "lars", "clars")
@@ -170,29 +170,18 @@ def environment():
     return runtime.environment()
 
 def build_optimizer(spec):
-    steps = spec.steps_per_epoch
-    schedule = WarmupPolynomialDecay(
-        base_learning_rate=spec.learning_rate,
-        warmup_steps=int(round(spec.warmup_epochs * steps)),
-        train_steps=max(steps * spec.epochs, int(round(spec.warmup_epochs * steps)), 1),
-        end_learning_rate=END_LEARNING_RATE if spec.power else spec.learning_rate,
-        power=spec.power or 1.0,
+    """The optimizer of `spec` (`keras_lars.train.optimizers`): "sgd" is
+    "lars_sgd" there (LARS with nothing adapted); power 0 keeps the LR
+    constant after warmup."""
+    schedule = optimizers.mlperf_schedule(
+        spec.learning_rate, spec.steps_per_epoch, spec.epochs, spec.warmup_epochs,
+        END_LEARNING_RATE if spec.power else spec.learning_rate, spec.power or 1.0,
     )
-    options = dict(
-        learning_rate=schedule,
-        momentum=spec.momentum,
-        nesterov=spec.nesterov,
-        weight_decay=spec.weight_decay,
-        eta=spec.eta,
-        layer_statistics=spec.statistics_every > 0,
-    )
-    if spec.method == "sgd":
-        return keras_lars.LARS(exclude_from_layer_adaptation=lambda variable: True, **options)
-    if spec.adapt_biases:
-        options["exclude_from_layer_adaptation"] = []
-    if spec.method == "lars":
-        return keras_lars.LARS(**options)
-    return keras_lars.CLARS(**options)
+    options = dict(nesterov=spec.nesterov, eta=spec.eta, layer_statistics=spec.statistics_every > 0)
+    if spec.method != "sgd":
+        options["adapt_biases"] = spec.adapt_biases
+    return optimizers.build_optimizer("lars_sgd" if spec.method == "sgd" else spec.method, schedule,
+                                      momentum=spec.momentum, weight_decay=spec.weight_decay, **options)
 
 
 class _EpochLog(keras.callbacks.Callback):

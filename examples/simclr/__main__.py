@@ -12,6 +12,7 @@ import numpy as np
 
 from examples.simclr import model as simclr_model
 from examples.simclr import probe, recipes, views
+from keras_lars.train import optimizers
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 
@@ -54,18 +55,14 @@ def build_optimizer(name, learning_rate, total_steps, warmup_steps, weight_decay
     cosine decay. LARS: SimCLR's settings; SGD: momentum 0.9 with the same
     coupled decay and exclusions (LARS with no variable adapted); AdamW:
     Keras's, decoupled decay 1e-4 by default, biases and norms excluded."""
-    schedule = recipes.schedule(learning_rate, total_steps, warmup_steps)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}. Received: {name!r}")
     if name == "lars":
         return recipes.simclr_lars(learning_rate, total_steps, warmup_steps)
+    schedule = recipes.schedule(learning_rate, total_steps, warmup_steps)
     if name == "sgd":
-        import keras_lars
-
-        return keras_lars.LARS(learning_rate=schedule, **dict(recipes.SIMCLR, exclude_from_layer_adaptation=lambda v: True))
-    if name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=1e-4 if weight_decay is None else weight_decay)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-        return optimizer
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}. Received: {name!r}")
+        return optimizers.build_optimizer("lars_sgd", schedule, **recipes.SIMCLR)
+    return optimizers.build_optimizer("adamw", schedule, weight_decay=1e-4 if weight_decay is None else weight_decay)
 
 
 def pretrain(x, args):

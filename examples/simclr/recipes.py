@@ -8,7 +8,7 @@ decays with a cosine; `schedule(...)` builds that schedule in steps.
 
 import keras
 
-import keras_lars
+from keras_lars.train import optimizers
 
 # SimCLR (Chen et al. 2020, Appendix B.1 and the official code): the trust
 # ratio over the decayed gradient, eta ||w|| / ||g + beta w||; BatchNorm
@@ -50,4 +50,4 @@ def simclr_lars(peak_learning_rate, total_steps, warmup_steps):
     """`keras_lars.LARS` as SimCLR configures it (`SIMCLR`), with its warmup
     and cosine schedule peaking at `peak_learning_rate` (SimCLR:
     `SIMCLR_BASE_LR` x B/256, B the global batch of images, not views)."""
-    return keras_lars.LARS(learning_rate=schedule(peak_learning_rate, total_steps, warmup_steps), **SIMCLR)
+    return optimizers.build_optimizer("lars", schedule(peak_learning_rate, total_steps, warmup_steps), **SIMCLR)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from mlperf_logging.mllog import constants as mlperf
 
 import keras_lars
-from keras_lars.train import distribution
+from keras_lars.train import distribution, optimizers
 from keras_lars.train.checkpoints import Checkpoints, check_restart, write_run_config
 from keras_lars.train.controller import Controller
 from keras_lars.train.records import write_json
@@ -42,31 +42,23 @@ def build_optimizer(config, steps_per_epoch, trainable_variables, xla=False, dty
         (optimizer, schedule): a `keras.optimizers.Optimizer` and its
         `keras_lars.schedules.WarmupPolynomialDecay`.
     """
-    schedule = keras_lars.schedules.WarmupPolynomialDecay(
-        base_learning_rate=config.lars_opt_base_learning_rate,
-        warmup_steps=int(round(config.lars_opt_learning_rate_warmup_epochs * steps_per_epoch)),
-        train_steps=steps_per_epoch * config.epochs,
-        end_learning_rate=config.lars_opt_end_learning_rate,
-        power=config.lars_opt_learning_rate_decay_poly_power,
+    schedule = optimizers.mlperf_schedule(
+        config.lars_opt_base_learning_rate, steps_per_epoch, config.epochs,
+        config.lars_opt_learning_rate_warmup_epochs, config.lars_opt_end_learning_rate,
+        config.lars_opt_learning_rate_decay_poly_power,
     )
+    scale = config.initial_loss_scale if dtype_policy == "mixed_float16" else None
     if config.optimizer in ("lars", "clars"):
-        optimizer_cls = keras_lars.LARS if config.optimizer == "lars" else keras_lars.CLARS
-        optimizer = optimizer_cls(
-            learning_rate=schedule,
-            momentum=config.lars_opt_momentum,
-            weight_decay=config.lars_opt_weight_decay,
-            eta=config.eta,
-            epsilon=config.lars_epsilon,
-            jit_compile=xla,
+        optimizer = optimizers.build_optimizer(
+            config.optimizer, schedule, momentum=config.lars_opt_momentum, weight_decay=config.lars_opt_weight_decay,
+            initial_loss_scale=scale, eta=config.eta, epsilon=config.lars_epsilon, jit_compile=xla,
             layer_statistics=config.layer_statistics_every > 0,
         )
     else:
-        optimizer = keras.optimizers.SGD(
-            learning_rate=schedule, momentum=config.lars_opt_momentum, weight_decay=config.lars_opt_weight_decay
+        optimizer = optimizers.build_optimizer(
+            "sgd", schedule, momentum=config.lars_opt_momentum, weight_decay=config.lars_opt_weight_decay,
+            trainable_variables=trainable_variables, initial_loss_scale=scale,
         )
-        optimizer.exclude_from_weight_decay(var_list=[v for v in trainable_variables if len(v.shape) <= 1])
-    if dtype_policy == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=config.initial_loss_scale)
     return optimizer, schedule
 
 
