@@ -1,7 +1,7 @@
 """The trainer's entry point, `keras-lars-train` (and `python -m train` from
 a checkout): checks that TensorFlow is installed (`pip install
 'keras-lars[train]'`), imports it without its C++ start-up logging, then runs
-`keras_lars.train.__main__.main`.
+`keras_lars.train.cli.main`.
 
 A top-level module, not part of `keras_lars`: importing `keras_lars` imports
 Keras, and with it TensorFlow, before anything inside the package could hold
@@ -70,16 +70,13 @@ def import_tensorflow():
 
 
 def main(argv=None, prog="keras-lars-train"):
-    """Runs the trainer's command line (see `keras_lars.train.__main__`);
+    """Runs the trainer's command line (see `keras_lars.train.cli`);
     without TensorFlow, one line naming the extra to install, exit status 2."""
     if not tensorflow_installed():
         print(f"{prog}: error: {MISSING}", file=sys.stderr)
         sys.exit(2)
     import_tensorflow()
-    from keras_lars.train.__main__ import main as train_main
+    from keras_lars.train.cli import main as train_main
 
     train_main(argv, prog=prog)
 
-
-if __name__ == "__main__":
-    main(prog="python -m keras_lars_train")

@@ -1,7 +1,7 @@
 """Errors the trainer reports to its user as one line, with an exit status.
 
 Each says what was wrong, with the value, and what to do; the command-line
-entry point prints it without a traceback (`keras_lars.train.__main__`).
+entry point prints it without a traceback (`keras_lars.train.cli`).
 """
 
 

@@ -1,5 +1,6 @@
-"""The trainer's command line: `keras-lars-train` (installed) or
-`python -m train` (from a checkout). Errors the user can act on end as one
+"""The trainer's command line, run by its one entry point, the console
+script `keras-lars-train` (`keras_lars_train.py`; `python -m train` from a
+checkout is an alias). Errors the user can act on end as one
 line, `PROG: error: ...`, with the error's exit status (see `errors`); a
 preempted run (SIGTERM, SIGINT) ends with `PROG: preempted by ...` and status
 75 once its checkpoint is written (see `preemption`)."""
@@ -28,7 +29,3 @@ def main(argv=None, prog="keras-lars-train"):
     # Outside the handler: the traceback (and the run's objects its frames
     # hold) is gone before the interpreter shuts down.
     sys.exit(status)
-
-
-if __name__ == "__main__":
-    main(prog="python -m keras_lars.train")
