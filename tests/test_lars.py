@@ -568,3 +568,22 @@ def test_norms_exact_at_every_size(size, mode):
     XLA were a float32 GEMV: -1e-5 at 2^20 elements, -6.6e-4 at 2^24."""
     got, exact = _norms_after_one_step(size, mode)
     np.testing.assert_allclose(got, exact, rtol=1e-6)
+
+
+def test_trust_ratio_is_the_papers_formula_with_its_zero_guard():
+    """`keras_lars.update.trust_ratio` against the formulas by hand: LARS's
+    Eq. 6 (sum of norms), Model Garden's norm of the sum, CLARS's n_k in
+    place of ||g||; lambda = 1 where ||w|| or the gradient norm is 0; and
+    LARC's clip min(lambda / gamma, 1)."""
+    from keras_lars.update import larc_clip, trust_ratio
+
+    def value(w, n, denominator="sum_of_norms"):
+        return float(trust_ratio(np.float32(w), np.float32(n), eta=0.001, weight_decay=0.01, epsilon=1e-5,
+                                 denominator=denominator))
+
+    np.testing.assert_allclose(value(3.0, 0.5), 0.001 * 3.0 / (0.5 + 0.01 * 3.0 + 1e-5), rtol=1e-6)
+    np.testing.assert_allclose(value(3.0, 0.5, "norm_of_sum"), 0.001 * 3.0 / (0.5 + 1e-5), rtol=1e-6)
+    assert value(0.0, 0.5) == 1.0 and value(3.0, 0.0) == 1.0
+    np.testing.assert_allclose(float(larc_clip(np.float32(0.004), np.float32(0.01))), 0.4, rtol=1e-6)
+    assert float(larc_clip(np.float32(0.5), np.float32(0.01))) == 1.0
+    assert float(larc_clip(np.float32(0.5), np.float32(0.0))) == 1.0
