@@ -3,7 +3,7 @@ steps (CSV and TensorBoard), and the gradient variance factor M_k offline.
 
 An optimizer built with `layer_statistics=True` records, at every applied
 step and for every trainable variable, the values named by its
-`statistic_names()` (`keras_lars.lars.STATISTICS`, plus
+`statistic_names()` (`keras_lars.update.STATISTICS`, plus
 `keras_lars.clars.CLARS_STATISTICS` for CLARS): the quantities of the LARS
 paper's Table 2 (||w||, ||g||, their ratio) and Fig. 2 (the local learning
 rate), and of the CLARS paper's Fig. 2 (M_k). `read` returns them;

@@ -51,7 +51,7 @@ class NumpyLARS:
 
     def statistics(self, w, v, g, lr, adapt=True, decay=True, gradient_norm=None):
         """The layer statistics of one step from (w, v, g) before it: a dict
-        named as `keras_lars.lars.STATISTICS`, from this reference's step."""
+        named as `keras_lars.update.STATISTICS`, from this reference's step."""
         w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
         beta = self.beta if decay else 0.0
         clip, self.trust_clip = self.trust_clip, False
