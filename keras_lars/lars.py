@@ -1,4 +1,9 @@
-"""LARS: Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg, 2017)."""
+"""LARS: Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg, 2017).
+
+The optimizer class; its per-variable step is `keras_lars.update`. About
+360 lines: a third is the docstrings of its options (Keras's own optimizer
+arguments included), most of the rest the exclusion rules, the layer
+statistics and the per-example norm probes it must leave alone."""
 
 import functools
 
