@@ -331,9 +331,9 @@ def test_quick_suite_end_to_end_and_cached(tmp_path):
 
 RESULTS = os.path.join(ROOT, "docs", "results")
 # A committed base-grid run of the pinned runtime under issue 44's protocol
-# (validation split, BatchNorm momentum 0.9, precise-BN top-1): SGD on the
-# CNN with BatchNorm at B = 512.
-REPRODUCED = [os.path.join(RESULTS, "batch_scaling", "runs", "cnn3_sgd_b512_lr0.05_e10_s0_3c8f53d1.json")]
+# (validation split, BatchNorm momentum 0.9, precise-BN top-1): LARS on the
+# MLP with BatchNorm at B = 8192 (60 steps).
+REPRODUCED = [os.path.join(RESULTS, "batch_scaling", "runs", "mlp3_lars_b8192_lr12.8_e10_s0_10679127.json")]
 
 
 def _recorded_environment_differs():
