@@ -7,7 +7,6 @@ divergence guard, checkpoints, evals, MLPerf blocks.
 """
 
 import hashlib
-import json
 import os
 import time
 
@@ -17,8 +16,7 @@ import tensorflow as tf
 from mlperf_logging.mllog import constants as mlperf
 
 from keras_lars import layer_statistics
-from keras_lars.train import guard, preemption
-from keras_lars.train.records import write_json
+from keras_lars.train import guard, preemption, records
 
 
 # The parts of the controller's wall time: the timed device loops ("steps"),
@@ -72,7 +70,7 @@ class Controller:
         self.job = job
         self.config = job.config
         self.step = int(job.progress["steps_done"].numpy())
-        self.evals = _read_evals(self.config.output_dir)
+        self.evals = records.read_evals(self.config.output_dir)
         self.target_reached = self._reached(float(job.progress["best_top1"].numpy()))
         self.epoch_losses, self.epoch_lrs = {}, {}
         self.timed_seconds, self.timed_steps, self._loops_run = 0.0, 0, 0
@@ -276,7 +274,7 @@ class Controller:
         if job.chief:
             print(f"eval after epoch {epoch} (step {self.step}): top-1 {top1:.4f}, loss {record['loss']:.4f}, "
                   f"{int(count)} examples")
-            write_json(_evals_path(self.config.output_dir), {str(e): r for e, r in self.evals.items()})
+            records.write_evals(self.config.output_dir, self.evals)
         if self._writer:
             with self._writer.as_default(step=self.step):
                 tf.summary.scalar("eval/top1", top1)
@@ -316,15 +314,3 @@ def weights_fingerprint(model):
     for weight in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value), np.float32).tobytes())
     return digest.hexdigest()
-
-
-def _evals_path(output_dir):
-    return os.path.join(output_dir, "evals.json")
-
-
-def _read_evals(output_dir):
-    try:
-        with open(_evals_path(output_dir)) as f:
-            return {int(e): r for e, r in json.load(f).items()}
-    except FileNotFoundError:
-        return {}

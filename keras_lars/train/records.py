@@ -1,6 +1,7 @@
 """The run's records on disk, as JSON: written whole and then renamed, so
-that a process killed while writing never leaves half a file (the trainer's
-evals.json, results and run configuration; the experiments' run files)."""
+that a process killed while writing never leaves half a file: the
+trainer's evals.json (`read_evals`, `write_evals`), its summary.json
+(`summary_path`) and run configuration, and the experiments' run files."""
 
 import json
 import os
@@ -23,3 +24,31 @@ def read_json(path):
     """
     with open(path) as f:
         return json.load(f)
+
+
+def evals_path(output_dir):
+    return os.path.join(output_dir, "evals.json")
+
+
+def read_evals(output_dir):
+    """{epoch (int): eval record (dict)} of the run in `output_dir`; {} before
+    its first eval."""
+    try:
+        return {int(e): r for e, r in read_json(evals_path(output_dir)).items()}
+    except FileNotFoundError:
+        return {}
+
+
+def write_evals(output_dir, evals):
+    """Writes `evals` ({epoch: record}) as the run's evals.json."""
+    write_json(evals_path(output_dir), {str(e): r for e, r in evals.items()})
+
+
+def summary_path(output_dir, task_id=None):
+    """summary.json of the chief (`task_id` None), or of worker `task_id` in
+    its own folder (for checking that every worker ended alike)."""
+    if task_id is None:
+        return os.path.join(output_dir, "summary.json")
+    directory = os.path.join(output_dir, "workers", str(task_id))
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, "summary.json")

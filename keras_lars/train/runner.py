@@ -12,10 +12,9 @@ import tensorflow as tf
 from mlperf_logging.mllog import constants as mlperf
 
 import keras_lars
-from keras_lars.train import distribution, optimizers
+from keras_lars.train import distribution, optimizers, records
 from keras_lars.train.checkpoints import Checkpoints, check_restart, write_run_config
 from keras_lars.train.controller import Controller
-from keras_lars.train.records import write_json
 from keras_lars.train.errors import TrainerError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline
 from keras_lars.train.mlperf_log import MLPerfLog
@@ -148,7 +147,8 @@ def run(config):
         **setup,
         "config": dataclasses.asdict(config),
     }
-    write_json(_summary_path(config.output_dir, strategy, chief), summary)
+    worker = None if chief else strategy.cluster_resolver.task_id
+    records.write_json(records.summary_path(config.output_dir, worker), summary)
     if error:
         raise error
     if chief:
@@ -277,12 +277,3 @@ def _benchmark_input(job):
     for _ in range(steps):
         next(iterator)
     return steps * job.config.micro_batch_size / (time.perf_counter() - start)
-
-
-def _summary_path(output_dir, strategy, chief):
-    if chief:
-        return os.path.join(output_dir, "summary.json")
-    # Other workers: their own file, for checking that all ended alike.
-    directory = os.path.join(output_dir, "workers", str(strategy.cluster_resolver.task_id))
-    os.makedirs(directory, exist_ok=True)
-    return os.path.join(directory, "summary.json")
