@@ -41,7 +41,8 @@ import tensorflow as tf  # noqa: E402
 from keras_lars.train.config import TrainConfig  # noqa: E402
 from keras_lars.train.input_pipeline import InputPipeline  # noqa: E402
 from keras_lars.train.models import build_model  # noqa: E402
-from keras_lars.train.runner import build_optimizer, run  # noqa: E402
+from keras_lars.train.optimizers import from_config as build_optimizer  # noqa: E402
+from keras_lars.train.runner import run  # noqa: E402
 from keras_lars.train.steps import Steps  # noqa: E402
 
 

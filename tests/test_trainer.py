@@ -16,7 +16,8 @@ import tensorflow_datasets as tfds
 
 import keras_lars
 from keras_lars.train.config import TrainConfig, parse_args
-from keras_lars.train.controller import WALL_PARTS, loop_lengths
+from keras_lars.train.loop.clock import WALL_PARTS
+from keras_lars.train.loop.controller import loop_lengths
 from keras_lars.train.data import DEBIAN_FASHION_MNIST_DIR
 from keras_lars.train.errors import DataError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline

@@ -36,6 +36,36 @@ class FiniteCheck:
         return bool(self._fn())
 
 
+class WeightGuard:
+    """Refuses to go on with non-finite weights or optimizer state: `check`
+    runs before every checkpoint save and every eval.
+
+    Args:
+        model: the compiled model (its weights and optimizer variables;
+            layer statistics are left out: a statistic of a diverging step,
+            an infinite trust ratio, is what the user should see, not a
+            reason to refuse a checkpoint).
+        config: `TrainConfig`, for the advice in the error.
+        latest_checkpoint: callable() -> the latest checkpoint's path or None.
+    """
+
+    def __init__(self, model, config, latest_checkpoint):
+        self._finite = FiniteCheck(model.weights + _state_variables(model.optimizer))
+        self._config, self._latest = config, latest_checkpoint
+
+    def check(self, step):
+        """Raises `DivergenceError` unless every value is finite after
+        optimizer step `step`."""
+        if not self._finite.check():
+            raise weights_diverged(self._config, step, self._latest())
+
+
+def _state_variables(optimizer):
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    statistics = {id(v) for v in getattr(inner, "layer_statistics_variables", [])}
+    return [v for v in optimizer.variables if id(v) not in statistics]
+
+
 def advice(config):
     """What to lower, with the values this run used (one sentence)."""
     knobs = [f"--lars-opt-base-learning-rate (now {config.lars_opt_base_learning_rate:g})"]

@@ -91,3 +91,41 @@ def build_optimizer(name, learning_rate, *, weight_decay, momentum=0.9, trainabl
     if initial_loss_scale is not None:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=initial_loss_scale)
     return optimizer
+
+
+def from_config(config, steps_per_epoch, trainable_variables, xla=False, dtype_policy="float32"):
+    """The trainer's optimizer and its MLPerf schedule (linear warmup from 0, then
+    polynomial decay to the end LR).
+
+    Args:
+        config: `TrainConfig`.
+        steps_per_epoch: int, optimizer steps per epoch at the global batch.
+        trainable_variables: the model's; those with ndim <= 1 (biases, BN)
+            get no weight decay under any optimizer.
+        xla: bool, compile LARS/CLARS's per-variable updates.
+        dtype_policy: "mixed_float16" wraps the optimizer in Keras's
+            `LossScaleOptimizer` (dynamic loss scaling from
+            `config.initial_loss_scale`).
+
+    Returns:
+        (optimizer, schedule): a `keras.optimizers.Optimizer` and its
+        `keras_lars.schedules.WarmupPolynomialDecay`.
+    """
+    schedule = mlperf_schedule(
+        config.lars_opt_base_learning_rate, steps_per_epoch, config.epochs,
+        config.lars_opt_learning_rate_warmup_epochs, config.lars_opt_end_learning_rate,
+        config.lars_opt_learning_rate_decay_poly_power,
+    )
+    scale = config.initial_loss_scale if dtype_policy == "mixed_float16" else None
+    if config.optimizer in ("lars", "clars"):
+        optimizer = build_optimizer(
+            config.optimizer, schedule, momentum=config.lars_opt_momentum, weight_decay=config.lars_opt_weight_decay,
+            initial_loss_scale=scale, eta=config.eta, epsilon=config.lars_epsilon, jit_compile=xla,
+            layer_statistics=config.layer_statistics_every > 0,
+        )
+    else:
+        optimizer = build_optimizer(
+            "sgd", schedule, momentum=config.lars_opt_momentum, weight_decay=config.lars_opt_weight_decay,
+            trainable_variables=trainable_variables, initial_loss_scale=scale,
+        )
+    return optimizer, schedule

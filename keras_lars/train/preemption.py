@@ -13,7 +13,7 @@ Two mechanisms, by what the strategy needs:
   per boundary with our own guarded save (`save_fn`: no non-finite
   checkpoint) and an `exit_fn` that raises `Preempted`.
 - One client (the default strategy, OneDevice, Mirrored, TPUStrategy): no
-  agreement is needed, so a signal handler sets a flag that the controller
+  agreement is needed, so a signal handler sets a flag that `PreemptionSave`
   reads at the next boundary and saves there. The handler is not used here:
   in its local mode it also saves one loop later, and on Google Cloud CPU
   and TPU VMs it does nothing at all (TF 2.20,

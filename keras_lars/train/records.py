@@ -1,10 +1,15 @@
 """The run's records on disk, as JSON: written whole and then renamed, so
 that a process killed while writing never leaves half a file: the
 trainer's evals.json (`read_evals`, `write_evals`), its summary.json
-(`summary_path`) and run configuration, and the experiments' run files."""
+(`summary_path`) and run configuration, and the experiments' run files;
+and the weights' fingerprint that summary.json carries."""
 
+import hashlib
 import json
 import os
+
+import keras
+import numpy as np
 
 
 def write_json(path, value, indent=2):
@@ -52,3 +57,11 @@ def summary_path(output_dir, task_id=None):
     directory = os.path.join(output_dir, "workers", str(task_id))
     os.makedirs(directory, exist_ok=True)
     return os.path.join(directory, "summary.json")
+
+
+def weights_fingerprint(model):
+    """SHA-256 (hex) of all the model's weights (float32 bytes, in order)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight.value), np.float32).tobytes())
+    return digest.hexdigest()

@@ -1,6 +1,7 @@
 """Runs one training job as the MLPerf reference does: builds the strategy,
-data, model and optimizer, restores the latest checkpoint, hands the loop to
-`Controller`, and writes the MLPerf run markers and `summary.json`."""
+data, model and optimizer, restores the latest checkpoint, builds the loop
+(`loop.Controller` with the trainer, the evaluator and the actions), runs
+it, and writes the MLPerf run markers and `summary.json`."""
 
 import dataclasses
 import math
@@ -12,53 +13,19 @@ import tensorflow as tf
 from mlperf_logging.mllog import constants as mlperf
 
 import keras_lars
-from keras_lars.train import distribution, optimizers, records
+from keras_lars.train import distribution, guard, optimizers, records
 from keras_lars.train.checkpoints import Checkpoints, check_restart, write_run_config
-from keras_lars.train.controller import Controller
 from keras_lars.train.errors import TrainerError, UsageError
 from keras_lars.train.input_pipeline import InputPipeline
+from keras_lars.train.loop import actions
+from keras_lars.train.loop.clock import WallClock
+from keras_lars.train.loop.controller import Controller
+from keras_lars.train.loop.evaluator import Evaluator
+from keras_lars.train.loop.trainer import Trainer
 from keras_lars.train.mlperf_log import MLPerfLog
 from keras_lars.train.preemption import Preempted
 from keras_lars.train.models import build_model
 from keras_lars.train.steps import Steps
-
-
-def build_optimizer(config, steps_per_epoch, trainable_variables, xla=False, dtype_policy="float32"):
-    """The optimizer and its MLPerf schedule (linear warmup from 0, then
-    polynomial decay to the end LR).
-
-    Args:
-        config: `TrainConfig`.
-        steps_per_epoch: int, optimizer steps per epoch at the global batch.
-        trainable_variables: the model's; those with ndim <= 1 (biases, BN)
-            get no weight decay under any optimizer.
-        xla: bool, compile LARS/CLARS's per-variable updates.
-        dtype_policy: "mixed_float16" wraps the optimizer in Keras's
-            `LossScaleOptimizer` (dynamic loss scaling from
-            `config.initial_loss_scale`).
-
-    Returns:
-        (optimizer, schedule): a `keras.optimizers.Optimizer` and its
-        `keras_lars.schedules.WarmupPolynomialDecay`.
-    """
-    schedule = optimizers.mlperf_schedule(
-        config.lars_opt_base_learning_rate, steps_per_epoch, config.epochs,
-        config.lars_opt_learning_rate_warmup_epochs, config.lars_opt_end_learning_rate,
-        config.lars_opt_learning_rate_decay_poly_power,
-    )
-    scale = config.initial_loss_scale if dtype_policy == "mixed_float16" else None
-    if config.optimizer in ("lars", "clars"):
-        optimizer = optimizers.build_optimizer(
-            config.optimizer, schedule, momentum=config.lars_opt_momentum, weight_decay=config.lars_opt_weight_decay,
-            initial_loss_scale=scale, eta=config.eta, epsilon=config.lars_epsilon, jit_compile=xla,
-            layer_statistics=config.layer_statistics_every > 0,
-        )
-    else:
-        optimizer = optimizers.build_optimizer(
-            "sgd", schedule, momentum=config.lars_opt_momentum, weight_decay=config.lars_opt_weight_decay,
-            trainable_variables=trainable_variables, initial_loss_scale=scale,
-        )
-    return optimizer, schedule
 
 
 @dataclasses.dataclass
@@ -113,7 +80,7 @@ def run(config):
         _check_writable(config.output_dir)
     log = MLPerfLog(os.path.join(config.output_dir, "mlperf.log") if chief else None)
     previous_policy = keras.mixed_precision.global_policy()
-    controller, error = None, None
+    error = None
     try:
         log.event(mlperf.CACHE_CLEAR, True)
         log.start(mlperf.INIT_START)
@@ -124,11 +91,12 @@ def run(config):
         log.end(mlperf.INIT_STOP)
         setup_seconds = time.perf_counter() - wall_start
         log.start(mlperf.RUN_START)
-        controller = Controller(job)
+        controller, evals = _loop(job)
         try:
-            results = controller.train()
+            controller.run()
         except TrainerError as e:
-            error, results = e, controller.results()
+            error = e
+        results = _results(job, controller, evals)
         success = results["target_reached"] or (config.target_accuracy is None and results["completed"])
         preempted = {"preempted_at_step": error.step} if isinstance(error, Preempted) else {}
         log.end(mlperf.RUN_STOP, status=mlperf.SUCCESS if success and not error else mlperf.ABORTED, **preempted)
@@ -161,9 +129,63 @@ def run(config):
     return summary
 
 
+def _loop(job):
+    """The controller, with its trainer, evaluator and actions (in the order
+    they run at a boundary), and the `EvalRecords` action."""
+    config, clock = job.config, WallClock()
+    weight_guard = guard.WeightGuard(job.model, config, job.checkpoints.latest)
+    trainer = Trainer(
+        job.steps, job.strategy, job.pipeline, job.schedule, clock, steps_per_epoch=job.steps_per_epoch,
+        epochs=config.epochs, accumulation_steps=config.gradient_accumulation_steps,
+        step=int(job.progress["steps_done"].numpy()),
+        diverged=lambda step, loss: guard.loss_diverged(config, step, loss, job.checkpoints.latest()))
+    evaluator = Evaluator(job.steps, job.strategy, job.pipeline, weight_guard.check)
+    evals = actions.EvalRecords(config.output_dir, job.chief, job.progress, config.target_accuracy)
+    checkpoint = actions.SaveCheckpoint(job.checkpoints, job.progress, weight_guard, trainer,
+                                        config.checkpoint_every_steps, job.steps_per_epoch)
+    chief_only = [actions.TensorBoardScalars(os.path.join(config.output_dir, "tensorboard"))] if job.chief else []
+    if job.chief and config.layer_statistics_every:
+        chief_only.append(actions.LayerStatistics(config.output_dir, job.model.optimizer,
+                                                  config.layer_statistics_every))
+    run_actions = [
+        *chief_only,
+        actions.MLPerfBlocks(job.log, config.eval_due),
+        actions.ProgressBar(config.epochs, job.steps_per_epoch, verbose=None if job.chief else 0),
+        evals,
+        checkpoint,
+        actions.PreemptionSave(job.strategy, checkpoint.save_now),
+    ]
+    controller = Controller(
+        trainer, evaluator, run_actions, epochs=config.epochs, steps_per_epoch=job.steps_per_epoch,
+        steps_per_loop=job.steps_per_loop,
+        boundaries=(config.checkpoint_every_steps, config.layer_statistics_every), eval_due=config.eval_due,
+        stop=lambda: evals.target_reached, first_epoch=int(job.progress["epochs_done"].numpy()) + 1, clock=clock)
+    return controller, evals
+
+
+def _results(job, controller, evals):
+    """The loop's results (the summary's, less the run's set-up)."""
+    epochs_done = int(job.progress["epochs_done"].numpy())
+    results = evals.results()
+    training = controller.trainer.results(job.config.global_batch_size)
+    return {
+        **results,
+        "completed": results["target_reached"] or epochs_done == job.config.epochs,
+        "evals": [{"epoch": e, **evals.evals[e]} for e in sorted(evals.evals)],
+        "train_loss_by_epoch": training.pop("train_loss_by_epoch"),
+        "learning_rate_by_epoch": training.pop("learning_rate_by_epoch"),
+        "epochs_done": epochs_done,
+        "optimizer_steps": training.pop("optimizer_steps"),
+        "steps_per_loop": job.steps_per_loop,
+        **training,
+        "wall_time": controller.clock.wall_time(),
+        "weights_sha256": records.weights_fingerprint(job.model),
+    }
+
+
 def _wall_time(wall_seconds, setup_seconds, parts):
     """`run`'s wall time by part, seconds: "setup" (dataset, model, restore,
-    input benchmark), the controller's `WALL_PARTS`, and "other" (the rest)."""
+    input benchmark), the loop's `clock.WALL_PARTS`, and "other" (the rest)."""
     accounted = {"setup": setup_seconds, **parts}
     return {**accounted, "other": wall_seconds - sum(accounted.values())}
 
@@ -205,7 +227,7 @@ def _build(config, strategy, chief, log):
     steps_per_epoch = _steps_per_epoch(config, info)
     with strategy.scope():
         model = build_model(config.model, info.num_classes, info.input_shape, config.zero_init_residual)
-        optimizer, schedule = build_optimizer(config, steps_per_epoch, model.trainable_variables, xla, policy)
+        optimizer, schedule = optimizers.from_config(config, steps_per_epoch, model.trainable_variables, xla, policy)
         model.compile(optimizer=optimizer)
         if config.optimizer == "clars":
             keras_lars.attach_per_example_norms(model)
