@@ -45,7 +45,7 @@ import keras_lars
 from experiments import precise_bn, runtime
 from experiments.data import TRAIN_EXAMPLES, datasets, precise_bn_images
 from experiments.models import BATCH_NORM_MODELS, MODELS, build_model
-from keras_lars.train import optimizers
+from keras_lars.train import hyperparameters as hp, optimizers
 from keras_lars.train.records import read_json, write_json
 
 METHODS = ("sgd", "lars", "clars")
@@ -97,13 +97,13 @@ class RunSpec:
     epochs: int
     warmup_epochs: float = 0.0
     model: str = "resnet8"
-    eta: float = 0.001
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
+    eta: float = hp.ETA.default
+    weight_decay: float = hp.WEIGHT_DECAY.default
+    momentum: float = hp.MOMENTUM.default
     nesterov: bool = False
-    power: float = 2.0
+    power: float = hp.POLY_POWER.default
     image_size: int = 28
-    seed: int = 0
+    seed: int = hp.SEED.default
     max_steps: int = 0
     statistics_every: int = 0
     validation_examples: int = 0
@@ -122,10 +122,8 @@ class RunSpec:
         if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= train):
             raise ValueError(f"batch_size must be an int in [1, {train}] (the training images left after the "
                              f"validation split). Received: {self.batch_size!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate!r}")
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ValueError(f"epochs must be an int >= 1. Received: {self.epochs!r}")
+        for name, hyperparameter in SHARED_HYPERPARAMETERS.items():
+            hyperparameter.check(name, getattr(self, name))
         if self.batch_norm_momentum is not None and not 0 <= self.batch_norm_momentum < 1:
             raise ValueError(f"batch_norm_momentum must be None or in [0, 1). Received: {self.batch_norm_momentum!r}")
         if self.batch_norm_momentum is None and self.model in BATCH_NORM_MODELS:
@@ -154,6 +152,10 @@ class RunSpec:
         return f"{self.model}_{self.method}_b{self.batch_size}_lr{self.learning_rate:g}_e{self.epochs}_s{self.seed}_{digest}"
 
 
+# The fields checked as the trainer checks its own (`hyperparameters`).
+SHARED_HYPERPARAMETERS = dict(learning_rate=hp.LEARNING_RATE, epochs=hp.EPOCHS, warmup_epochs=hp.WARMUP_EPOCHS,
+                              eta=hp.ETA, weight_decay=hp.WEIGHT_DECAY, momentum=hp.MOMENTUM, power=hp.POLY_POWER,
+                              seed=hp.SEED)
 RUN_FILE_INDENT = 1  # the committed run and results files' JSON layout
 # Fields added to RunSpec after runs were committed, with their defaults.
 ADDED_FIELDS = dict(validation_examples=0, batch_norm_momentum=0.99, adapt_biases=False)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from experiments import (batch_scaling, cli, gradient_variance, longer_training, models, reproduce, runs, runtime,
                          self_supervised, trust_ratios)
+from keras_lars.train.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ def test_run_spec_rejects_bad_values():
         runs.RunSpec(method="adam", batch_size=128, learning_rate=0.1, epochs=1)
     with pytest.raises(ValueError, match="batch_size.*Received: 0"):
         runs.RunSpec(method="lars", batch_size=0, learning_rate=0.1, epochs=1)
-    with pytest.raises(ValueError, match="learning_rate must be > 0. Received: -1"):
+    with pytest.raises(ValueError, match="learning_rate must be a finite float > 0. Received: -1"):
         runs.RunSpec(method="lars", batch_size=128, learning_rate=-1, epochs=1)
     with pytest.raises(ValueError, match="model must be one of"):
         runs.RunSpec(method="lars", batch_size=128, learning_rate=0.1, epochs=1, model="vgg")
@@ -38,6 +39,15 @@ def test_run_spec_rejects_bad_values():
                        batch_norm_momentum=None)
     with pytest.raises(ValueError, match="adapt_biases=True needs method 'lars' or 'clars'.*'sgd'"):
         runs.RunSpec(method="sgd", batch_size=128, learning_rate=0.1, epochs=1, adapt_biases=True)
+    # The hyper-parameters the trainer shares are checked as the trainer checks them.
+    for field, flag, bad in (("momentum", "lars_opt_momentum", 1.0), ("eta", "eta", float("inf")),
+                             ("weight_decay", "lars_opt_weight_decay", -1e-4), ("epochs", "epochs", 0)):
+        with pytest.raises(ValueError) as spec_error:
+            runs.RunSpec(method="lars", batch_size=128, learning_rate=0.1, **{"epochs": 1, field: bad})
+        with pytest.raises(ValueError) as config_error:
+            TrainConfig(**{flag: bad})
+        accepted = str(spec_error.value).split(" must be ", 1)[1]
+        assert str(config_error.value).split(" must be ", 1)[1] == accepted and accepted.endswith(f"Received: {bad!r}")
 
 
 def test_run_ids_differ_in_every_field():

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 
+from keras_lars.train import hyperparameters as hp
 from keras_lars.train.models import check_model_name
 
 OPTIMIZERS = ("lars", "clars", "sgd")
@@ -50,9 +51,9 @@ class TrainConfig:
     lars_opt_base_learning_rate: float = None
     lars_opt_learning_rate_warmup_epochs: float = None
     lars_opt_end_learning_rate: float = 1e-4
-    lars_opt_learning_rate_decay_poly_power: float = 2.0
-    lars_opt_momentum: float = 0.9
-    lars_opt_weight_decay: float = 1e-4
+    lars_opt_learning_rate_decay_poly_power: float = hp.POLY_POWER.default
+    lars_opt_momentum: float = hp.MOMENTUM.default
+    lars_opt_weight_decay: float = hp.WEIGHT_DECAY.default
     lars_epsilon: float = 0.0
     eta: float = None
     eval_every_epochs: int = 4
@@ -71,7 +72,7 @@ class TrainConfig:
     data_dir: str = ""
     manual_dir: str = ""
     output_dir: str = "runs/default"
-    seed: int = 0
+    seed: int = hp.SEED.default
 
     def __post_init__(self):
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
@@ -85,25 +86,21 @@ class TrainConfig:
         _require(self.global_batch_size % self.gradient_accumulation_steps == 0, "global_batch_size",
                  self.global_batch_size,
                  f"a multiple of --gradient-accumulation-steps ({self.gradient_accumulation_steps})")
-        _require(self.epochs >= 1, "epochs", self.epochs, "an int >= 1")
+        hp.EPOCHS.check("--epochs", self.epochs)
         self._resolve_defaults()
         _require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an int >= 0 (0: a full pass)")
         _require(self.image_size >= 0, "image_size", self.image_size, "an int >= 0 (0: the dataset's own size)")
         _require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "a float in [0, 1)")
-        _require(_finite(self.lars_opt_base_learning_rate) and self.lars_opt_base_learning_rate > 0,
-                 "lars_opt_base_learning_rate", self.lars_opt_base_learning_rate, "a finite float > 0")
+        hp.LEARNING_RATE.check("--lars-opt-base-learning-rate", self.lars_opt_base_learning_rate)
         _require(_finite(self.lars_opt_end_learning_rate) and self.lars_opt_end_learning_rate >= 0,
                  "lars_opt_end_learning_rate", self.lars_opt_end_learning_rate, "a finite float >= 0")
-        _require(_finite(self.lars_opt_learning_rate_decay_poly_power)
-                 and self.lars_opt_learning_rate_decay_poly_power > 0,
-                 "lars_opt_learning_rate_decay_poly_power", self.lars_opt_learning_rate_decay_poly_power,
-                 "a finite float > 0")
-        _require(0 <= self.lars_opt_momentum < 1, "lars_opt_momentum", self.lars_opt_momentum, "a float in [0, 1)")
-        _require(_finite(self.lars_opt_weight_decay) and self.lars_opt_weight_decay >= 0, "lars_opt_weight_decay",
-                 self.lars_opt_weight_decay, "a finite float >= 0")
+        hp.POLY_POWER.check("--lars-opt-learning-rate-decay-poly-power", self.lars_opt_learning_rate_decay_poly_power)
+        hp.MOMENTUM.check("--lars-opt-momentum", self.lars_opt_momentum)
+        hp.WEIGHT_DECAY.check("--lars-opt-weight-decay", self.lars_opt_weight_decay)
         _require(_finite(self.lars_epsilon) and self.lars_epsilon >= 0, "lars_epsilon", self.lars_epsilon,
                  "a finite float >= 0")
-        _require(_finite(self.eta) and self.eta > 0, "eta", self.eta, "a finite float > 0")
+        hp.ETA.check("--eta", self.eta)
+        hp.SEED.check("--seed", self.seed)
         _require(self.eval_every_epochs >= 1, "eval_every_epochs", self.eval_every_epochs, "an int >= 1")
         _require(0 <= self.eval_offset_epochs < self.eval_every_epochs, "eval_offset_epochs",
                  self.eval_offset_epochs, f"an int in [0, --eval-every-epochs={self.eval_every_epochs})")
@@ -132,7 +129,7 @@ class TrainConfig:
         if self.lars_opt_base_learning_rate is None:
             self.lars_opt_base_learning_rate = base_lr
         if self.eta is None:
-            self.eta = 0.01 if self.optimizer == "clars" else 0.001
+            self.eta = 0.01 if self.optimizer == "clars" else hp.ETA.default
         if self.target_accuracy is None:
             self.target_accuracy = MLPERF_TARGETS.get(self.dataset)
         if self.lars_opt_learning_rate_warmup_epochs is not None:
