@@ -48,9 +48,11 @@ $(WHEEL): setup.cfg pyproject.toml $(shell find keras_lars -name '*.py') keras_l
 	$(PYTHON) -m venv .venv-jax
 	.venv-jax/bin/pip install -q keras 'jax[cpu]' pytest pytest-xdist
 	touch $@
+# torch 2.13.0's CPU build lies on these machines' disk; a plain `torch`
+# takes a CUDA build of about 5 GB, for a machine with no GPU.
 .venv-torch/.installed: setup.cfg
 	$(PYTHON) -m venv .venv-torch
-	.venv-torch/bin/pip install -q keras torch pytest pytest-xdist
+	.venv-torch/bin/pip install -q keras torch==2.13.0 pytest pytest-xdist
 	touch $@
 # Model Garden's LARS (tf-models-official pins TensorFlow 2.20).
 .venv-reference/.installed: setup.cfg pyproject.toml
@@ -63,15 +65,17 @@ $(WHEEL): setup.cfg pyproject.toml $(shell find keras_lars -name '*.py') keras_l
 # on PyTorch, the comparison with Model Garden's LARS, and the site.
 # The four venvs install side by side (mostly downloads and unpacking).
 TEST_VENVS := $(VENV)/.installed .venv-jax/.installed .venv-torch/.installed .venv-reference/.installed
+# Each phase prints its wall time ("make test: <phase> <seconds> s").
+timed = t=$$(date +%s); $(2); rc=$$?; echo "make test: $(1) $$(( $$(date +%s) - t )) s"; exit $$rc
 test:
-	$(MAKE) -j4 $(TEST_VENVS) data
-	$(MAKE) $(WHEEL)
-	$(PYTEST) -m "not heavy and not keras_hub_all" --ignore tests/test_reference_parity.py tests
-	for v in jax torch; do .venv-$$v/bin/pip uninstall -q -y keras-lars; .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done
-	cd tests && KERAS_BACKEND=jax KERAS_LARS_FROM_WHEEL=1 ../.venv-jax/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
-	cd tests && KERAS_BACKEND=torch KERAS_LARS_FROM_WHEEL=1 ../.venv-torch/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%)
-	.venv-reference/bin/python -m pytest -q tests/test_reference_parity.py
-	$(MAKE) docs
+	@$(call timed,venvs,$(MAKE) -j4 $(TEST_VENVS) data)
+	@$(call timed,wheel,$(MAKE) $(WHEEL))
+	@$(call timed,tensorflow,$(PYTEST) -m "not heavy and not keras_hub_all" --ignore tests/test_reference_parity.py tests)
+	@$(call timed,wheel-installs,for v in jax torch; do .venv-$$v/bin/pip uninstall -q -y keras-lars; .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done)
+	@$(call timed,jax,cd tests && KERAS_BACKEND=jax KERAS_LARS_FROM_WHEEL=1 ../.venv-jax/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%))
+	@$(call timed,torch,cd tests && KERAS_BACKEND=torch KERAS_LARS_FROM_WHEEL=1 ../.venv-torch/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%))
+	@$(call timed,model-garden,.venv-reference/bin/python -m pytest -q tests/test_reference_parity.py)
+	@$(call timed,docs,$(MAKE) docs)
 
 # The documentation site, strictly (-W -n: any warning, broken link, missing
 # image or unresolved docstring reference fails), from scratch (-E), offline.
