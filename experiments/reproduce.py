@@ -11,7 +11,8 @@ Exit status 0 when every run reproduces, 1 when one does not: its line
 gives the differing numbers and says whether the software, the runtime or
 the machine differs from the run file's "environment" record, or that they
 match. Runs of the pinned runtime (`experiments.runtime`) are bit-identical
-on any x86-64 machine with AVX2 for the recorded software versions.
+on machines with AVX2 and the recorded CPU model, for the recorded software
+versions.
 """
 
 import argparse

@@ -9,7 +9,8 @@ software and CPU it ran on); a later call with the same spec reads that file
 instead of training, so a suite resumes where it stopped. The run files are
 committed, so a fresh clone trains nothing.
 
-Runs are bit-reproducible on any x86-64 machine with AVX2:
+Runs are bit-reproducible on any machine with AVX2 and the CPU model they
+record (not across CPU models: docs/results.md, "Reproducibility"):
 `configure_runtime()` (called by every entry point before TensorFlow runs an
 op) pins the instruction set the kernels use, one thread and op determinism
 (`experiments.runtime`), and `run` seeds Python, NumPy and TensorFlow from

@@ -1,6 +1,9 @@
 """The runtime every experiment trains in, pinned so that a spec gives the
-same numbers, bit for bit, on any x86-64 machine with AVX2 and on any core
-count (for the software versions a run file records).
+same numbers, bit for bit, on any core count and whatever instruction set
+at or above AVX2 the CPU offers, for the software versions and the CPU
+model a run file records. Across CPU models it is not enough: a run of an
+Intel Xeon did not rerun bit for bit on an AMD EPYC (docs/results.md,
+"Reproducibility"); `reproducible_on_this_machine` says so.
 
 What a CPU run's numerics depend on besides its spec and the software, and
 how each is pinned:
@@ -119,7 +122,7 @@ def reproducible_on_this_machine(recorded, here=None):
     rerun bit-identically in the environment `here` (by default this
     process's), else one line saying what differs: the software (versions),
     the runtime (caps, threads) or the machine (an instruction set below the
-    pinned one)."""
+    pinned one, or another CPU model)."""
     here = here or environment()
     software = [f"{k} {recorded.get(k)} -> {here[k]}" for k in ("tensorflow", "keras", "numpy", "python")
                 if recorded.get(k) != here[k]]
@@ -133,4 +136,7 @@ def reproducible_on_this_machine(recorded, here=None):
     for label, env in (("here", here), ("the recorded machine", recorded)):
         if env.get("cpu_flags") is not None and not {"avx2", "fma"} <= set(env["cpu_flags"]):
             parts.append(f"the machine differs ({label} lacks AVX2/FMA, the pinned instruction set)")
+    if recorded.get("cpu") is not None and recorded["cpu"] != here.get("cpu"):
+        parts.append(f"the machine differs (CPU {recorded['cpu']} -> {here.get('cpu')}: pinned runs are bit-identical "
+                     "on the CPU model that made them only)")
     return "; ".join(parts)

@@ -111,6 +111,11 @@ def test_what_differs_from_a_recorded_run_is_said_in_one_line(monkeypatch):
     assert "the software differs (tensorflow 2.20.0 -> " in line and "the runtime differs (xla_cpu_max_isa None" in line
     no_avx2 = dict(here, cpu_flags=["sse4_1", "sse4_2", "avx"])
     assert "the machine differs (the recorded machine lacks AVX2/FMA" in runtime.reproducible_on_this_machine(no_avx2)
+    # An Intel Xeon's run did not rerun bit for bit on an AMD EPYC with the same caps (2026-12-07).
+    other_cpu = dict(here, cpu="Another CPU")
+    assert runtime.reproducible_on_this_machine(other_cpu) == (
+        f"the machine differs (CPU Another CPU -> {here['cpu']}: pinned runs are bit-identical on the CPU model "
+        "that made them only)")
 
 
 def test_a_cached_run_of_another_runtime_is_trained_again(tmp_path, monkeypatch):
