@@ -5,8 +5,7 @@ PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test test-heavy test-keras-hub bench accelerator-wheels data docs test-tensorflow test-jax test-torch \
-  test-reference
+.PHONY: train test test-heavy test-keras-hub bench accelerator-wheels data docs
 
 # The demo job: ResNet-8 on Fashion-MNIST at batch 2048, all 10 epochs (the
 # trainer's defaults are MLPerf's ResNet-50 on ImageNet).
@@ -62,28 +61,23 @@ $(WHEEL): setup.cfg pyproject.toml $(shell find keras_lars -name '*.py') keras_l
 	touch $@
 
 # TensorFlow (the current release; the default backend): everything but the
-# Model Garden comparison, while the three other venvs install (mostly
-# downloads and unpacking). Then the library's tests from the wheel on JAX
-# and on PyTorch side by side, then the comparison with Model Garden's LARS
-# beside the site. Side by side, each target's output is printed whole when
-# it ends (-O).
-OTHER_VENVS := .venv-jax/.installed .venv-torch/.installed .venv-reference/.installed
+# Model Garden comparison. Then the library's tests from the wheel on JAX and
+# on PyTorch, the comparison with Model Garden's LARS, and the site. The four
+# venvs install side by side (mostly downloads and unpacking); the phases
+# run one after the other, each on both cores (running them side by side
+# gained nothing: docs/measurements.md).
+TEST_VENVS := $(VENV)/.installed .venv-jax/.installed .venv-torch/.installed .venv-reference/.installed
 # Each phase prints its wall time ("make test: <phase> <seconds> s").
 timed = t=$$(date +%s); $(2); rc=$$?; echo "make test: $(1) $$(( $$(date +%s) - t )) s"; exit $$rc
 test:
-	@$(call timed,venv,$(MAKE) $(VENV)/.installed data)
+	@$(call timed,venvs,$(MAKE) -j4 $(TEST_VENVS) data)
 	@$(call timed,wheel,$(MAKE) $(WHEEL))
-	@$(call timed,tensorflow and the other venvs,$(MAKE) -j4 -O test-tensorflow $(OTHER_VENVS))
-	@$(call timed,wheel installs,for v in jax torch; do .venv-$$v/bin/pip uninstall -q -y keras-lars; .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done)
-	@$(call timed,jax and torch,$(MAKE) -j2 -O test-jax test-torch)
-	@$(call timed,model garden and docs,$(MAKE) -j2 -O test-reference docs)
-
-test-tensorflow: $(VENV)/.installed
 	@$(call timed,tensorflow,$(PYTEST) -m "not heavy and not keras_hub_all" --ignore tests/test_reference_parity.py tests)
-test-jax test-torch: test-%:
-	@$(call timed,$*,cd tests && KERAS_BACKEND=$* KERAS_LARS_FROM_WHEEL=1 ../.venv-$*/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%))
-test-reference: .venv-reference/.installed
+	@$(call timed,wheel installs,for v in jax torch; do .venv-$$v/bin/pip uninstall -q -y keras-lars; .venv-$$v/bin/pip install -q --no-deps --force-reinstall $(WHEEL) || exit 1; done)
+	@$(call timed,jax,cd tests && KERAS_BACKEND=jax KERAS_LARS_FROM_WHEEL=1 ../.venv-jax/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%))
+	@$(call timed,torch,cd tests && KERAS_BACKEND=torch KERAS_LARS_FROM_WHEEL=1 ../.venv-torch/bin/python $(WHEEL_PYTEST) $(LIBRARY_TESTS:tests/%=%))
 	@$(call timed,model garden,.venv-reference/bin/python -m pytest -q tests/test_reference_parity.py)
+	@$(call timed,docs,$(MAKE) docs)
 
 # The documentation site, strictly (-W -n: any warning, broken link, missing
 # image or unresolved docstring reference fails), from scratch (-E), offline.

@@ -17,8 +17,8 @@ from experiments import runs, runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # BatchNorm, convolutions, pooling and CLARS's per-example norm kernels.
-SPEC = dict(method="clars", batch_size=2048, learning_rate=4.0, epochs=2, model="cnn3", eta=0.01, seed=1,
-            max_steps=4)
+SPEC = dict(method="clars", batch_size=1024, learning_rate=4.0, epochs=2, model="cnn3", eta=0.01, seed=1,
+            max_steps=2)
 TRAIN = """
 import json, sys, tempfile
 from experiments import runs
