@@ -32,7 +32,8 @@ LIBRARY_TESTS := tests/test_lars.py tests/test_clars.py tests/test_per_example_n
 
 # Two pytest workers (pytest-xdist), one test file per worker at a time:
 # the tests are mostly single-threaded, and a file's tests share fixtures.
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=30
+# Longest files first (tests/conftest.py), not xdist's order by test count.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 # The wheel's venvs run pytest from tests/: `python -m pytest` puts the
 # working directory first on sys.path, and the checkout's keras_lars/ must not
 # shadow the installed wheel.

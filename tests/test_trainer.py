@@ -49,20 +49,14 @@ def test_fashion_mnist_prepared_by_the_real_builder(fashion_mnist_dir):
     assert key(got) == key(expected)
 
 
-def test_processes_preparing_one_data_dir_at_once_both_get_it(tmp_path):
-    # Two processes (as an experiment's pool, or the workers of a
-    # multi-worker run on one host) ask for the same unprepared dataset at
-    # the same moment: one prepares it, the other waits for it.
-    code = ("import sys; from keras_lars.train.data import get_builder; "
-            "b = get_builder('fashion_mnist', data_dir=sys.argv[1]); "
-            "print(b.info.splits['train'].num_examples, b.info.splits['test'].num_examples)")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for process in processes:
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-2000:]
-        assert out.split()[-2:] == ["60000", "10000"]
+def test_processes_preparing_one_data_dir_at_once_both_get_it(fashion_mnist_preparers):
+    # conftest.py prepares the tests' data dir in two processes at once (as an
+    # experiment's pool, or the workers of a multi-worker run on one host):
+    # one prepares it, the other waits for it; both read the prepared splits.
+    assert len(fashion_mnist_preparers) == 2
+    for process in fashion_mnist_preparers:
+        assert process["returncode"] == 0, process["stderr"]
+        assert process["stdout"].split()[-2:] == ["60000", "10000"]
 
 
 def test_eval_keeps_every_example_and_train_batches_are_full(fashion_mnist_dir):

@@ -13,7 +13,7 @@ import urllib.parse
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_lars.train.errors import UsageError
+from keras_lars.train.errors import DataError, UsageError
 
 # Debian's `dataset-fashion-mnist`: the four IDX .gz files TFDS downloads,
 # re-compressed by Debian (so TFDS's registered checksums do not match).
@@ -156,6 +156,27 @@ def _preparing(data_dir_root, name):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def reading(builder, name, split):
+    """Turns a corrupted record met while reading `split` of the prepared
+    dataset `name` (TensorFlow's DataLossError, which names no file) into a
+    `DataError` naming the dataset, the split, the damaged files and how to
+    prepare them anew."""
+    try:
+        yield
+    except tf.errors.DataLossError as e:
+        detail = error_summary(e)
+        paths = [str(p) for p in builder.info.splits[split].filepaths]
+        print(f"checking the {len(paths)} files of {name}'s {split} split for corrupted records...")
+        damaged = corrupted_files(paths) or {"(no file failed when read again)": detail}
+        files = "; ".join(f"{path} ({error})" for path, error in damaged.items())
+        again = " (imagenet2012: with --manual-dir)" if name == "imagenet2012" else ""
+        raise DataError(
+            f"{name}'s prepared {split} split is corrupted: {files}. Delete "
+            f"{builder.data_dir} and run again to prepare it anew{again}; checkpoints are untouched."
+        ) from None
 
 
 def corrupted_files(paths):

@@ -7,7 +7,6 @@ and augmentation depend only on (seed, epoch, worker), so a run resumed in the
 middle of an epoch sees the same batches as one that never stopped.
 """
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -16,8 +15,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_lars.train import preprocessing
-from keras_lars.train.data import corrupted_files, error_summary, get_builder
-from keras_lars.train.errors import DataError, UsageError
+from keras_lars.train.data import get_builder, reading
+from keras_lars.train.errors import UsageError
 
 # Records held for shuffling after file-level shuffling (MLPerf reference: 10,000).
 IMAGENET_SHUFFLE_BUFFER = 10_000
@@ -83,24 +82,10 @@ class InputPipeline:
             eval_split=eval_split,
         )
 
-    @contextlib.contextmanager
     def reading(self, split):
-        """Turns a corrupted record met while reading `split` (TensorFlow's
-        DataLossError, which names no file) into a `DataError` naming the
-        dataset, the split, the damaged files and how to prepare them anew."""
-        try:
-            yield
-        except tf.errors.DataLossError as e:
-            detail = error_summary(e)
-            paths = [str(p) for p in self._builder.info.splits[split].filepaths]
-            print(f"checking the {len(paths)} files of {self.info.name}'s {split} split for corrupted records...")
-            damaged = corrupted_files(paths) or {"(no file failed when read again)": detail}
-            files = "; ".join(f"{path} ({error})" for path, error in damaged.items())
-            again = " (imagenet2012: with --manual-dir)" if self._imagenet else ""
-            raise DataError(
-                f"{self.info.name}'s prepared {split} split is corrupted: {files}. Delete "
-                f"{self._builder.data_dir} and run again to prepare it anew{again}; checkpoints are untouched."
-            ) from None
+        """A context that turns a corrupted record met while reading `split`
+        into a `DataError` naming the damaged files (`data.reading`)."""
+        return reading(self._builder, self.info.name, split)
 
     @property
     def eval_steps(self):
@@ -153,7 +138,9 @@ class InputPipeline:
         ds = self._read(split, shuffle_seed=epoch_seed)
         ds = ds.shuffle(buffer, seed=epoch_seed).enumerate()
         ds = ds.skip(skip_micro_steps * replicas_here * per_replica)
-        ds = ds.map(lambda i, ex: self._train_example(ex, epoch_seed, i), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda i, example: preprocessing.train_example(
+            self.info.name, example, tf.stack([tf.constant(epoch_seed, tf.int64), i]), self._image_size),
+            num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(per_replica, drop_remainder=True)
         if micro_steps is not None:
             ds = ds.take((micro_steps - skip_micro_steps) * replicas_here)
@@ -172,27 +159,13 @@ class InputPipeline:
             split, count = shard_split(self.info.eval_split, self.info.eval_examples, context.input_pipeline_id,
                                        context.num_input_pipelines)
             padded = self.eval_steps * replicas_here * per_replica
-            ds = self._read(split).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = self._read(split).map(lambda ex: preprocessing.eval_example(self.info.name, ex, self._image_size),
+                                      num_parallel_calls=tf.data.AUTOTUNE)
             blank = (tf.zeros(self.info.input_shape, tf.float32), tf.constant(0, tf.int32), tf.constant(0.0))
             ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(padded - count)).repeat()
             return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(_options())
 
         return dataset_fn
-
-    def _train_example(self, example, epoch_seed, index):
-        seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
-        if self._imagenet:
-            image = preprocessing.imagenet_train(example["image"], seed, self._image_size)
-        else:
-            image = preprocessing.small_image(self.info.name, example["image"], seed, self._image_size, True)
-        return image, tf.cast(example["label"], tf.int32)
-
-    def _eval_example(self, example):
-        if self._imagenet:
-            image = preprocessing.imagenet_eval(example["image"], self._image_size)
-        else:
-            image = preprocessing.small_image(self.info.name, example["image"], None, self._image_size, False)
-        return image, tf.cast(example["label"], tf.int32), tf.constant(1.0)
 
 
 def _options():

@@ -88,3 +88,25 @@ def small_image(dataset_name, image, seed, image_size, training):
     if training:
         image = tf.image.stateless_random_flip_left_right(image, seed)
     return (image - mean) / std
+
+
+def train_example(dataset_name, example, seed, image_size):
+    """A TFDS train example as (image float32 (H, W, C), label int32): the
+    MLPerf reference's train preprocessing for "imagenet2012" (undecoded
+    JPEG bytes), `small_image` with a random flip otherwise. `seed`: int64
+    (2,), the example's stateless seed."""
+    if dataset_name == "imagenet2012":
+        image = imagenet_train(example["image"], seed, image_size)
+    else:
+        image = small_image(dataset_name, example["image"], seed, image_size, True)
+    return image, tf.cast(example["label"], tf.int32)
+
+
+def eval_example(dataset_name, example, image_size):
+    """A TFDS eval example as (image float32 (H, W, C), label int32, weight
+    float32 1.0); padding examples have weight 0."""
+    if dataset_name == "imagenet2012":
+        image = imagenet_eval(example["image"], image_size)
+    else:
+        image = small_image(dataset_name, example["image"], None, image_size, False)
+    return image, tf.cast(example["label"], tf.int32), tf.constant(1.0)

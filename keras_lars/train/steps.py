@@ -11,6 +11,8 @@ once per loop, not once per step.
 import keras
 import tensorflow as tf
 
+from keras_lars.train.replica_state import GradientBuffers, MovingStatistics
+
 
 def per_example_loss(labels, probs, num_classes, label_smoothing):
     """Softmax cross-entropy with label smoothing, per example.
@@ -36,7 +38,7 @@ class Steps:
     accumulation branch is a `cond` around a cross-replica merge, which
     tf.distribute rejects): each of an optimizer step's first
     `accumulation_steps - 1` micro-batches adds its gradients into
-    per-replica buffers; the last adds its own, averages over the
+    per-replica `GradientBuffers`; the last adds its own, averages over the
     micro-batches and calls the optimizer's `apply`. CLARS's per-example norm
     sums are gradients too (of the probes `attach_per_example_norms` adds to
     `model.trainable_variables`), so nothing here is specific to CLARS.
@@ -62,33 +64,14 @@ class Steps:
         self.accumulation_steps = accumulation_steps
         self.num_classes = model.output_shape[-1]
         if accumulation_steps > 1:
-            with strategy.scope():
-                self._grad_buffers = [_replica_local(v.shape, v.dtype) for v in model.trainable_variables]
+            self._buffers = GradientBuffers(model.trainable_variables, strategy, accumulation_steps)
+        #: Called at each epoch's end: `replica_state.MovingStatistics`.
+        self.sync_moving_statistics = MovingStatistics(model, strategy)
         compile_ = (lambda f: tf.function(f, jit_compile=True)) if xla else (lambda f: f)
         self._forward_backward = compile_(self._forward_backward_fn)
         self._eval_fn = compile_(self._eval_replica)
         self._train_loop = tf.function(self._train_loop_fn)
         self.eval_step = tf.function(self._eval_step)
-        self._sync = tf.function(self._sync_moving_statistics)
-
-    def sync_moving_statistics(self):
-        """Sets every replica's non-trainable variables (BatchNorm moving
-        mean/variance) to their mean over the replicas. Each replica updates
-        its own copy from its own batch (as the MLPerf reference); this makes
-        eval and checkpoints agree on every worker. Keras 2 averaged them on
-        read (ON_READ, MEAN); Keras 3 does not."""
-        if self.strategy.num_replicas_in_sync > 1 and self.model.non_trainable_variables:
-            self._sync()
-
-    def _sync_moving_statistics(self):
-        def replica_fn():
-            context = tf.distribute.get_replica_context()
-            values = [tf.identity(v.value) for v in self.model.non_trainable_variables]
-            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
-            for variable, mean in zip(self.model.non_trainable_variables, means):
-                variable.assign(mean)
-
-        self.strategy.run(replica_fn)
 
     def loss(self, labels, probs):
         """Replica loss: the sum over its examples / the global micro-batch."""
@@ -105,19 +88,16 @@ class Steps:
 
     def _accumulate_replica(self, images, labels):
         loss, grads = self._forward_backward(images, labels)
-        for buffer, grad in zip(self._grad_buffers, grads):
-            buffer.assign_add(grad)
+        self._buffers.add(grads)
         return loss
 
     def _apply_replica(self, images, labels):
         loss, grads = self._forward_backward(images, labels)
         if self.accumulation_steps > 1:
-            n = self.accumulation_steps
-            grads = [(g + b.read_value()) / n for g, b in zip(grads, self._grad_buffers)]
+            grads = self._buffers.mean_with(grads)
         self.model.optimizer.apply(grads, self.model.trainable_variables)
         if self.accumulation_steps > 1:
-            for buffer in self._grad_buffers:
-                buffer.assign(tf.zeros_like(buffer))
+            self._buffers.reset()
         return loss
 
     def train_loop(self, iterator, num_steps):
@@ -169,12 +149,3 @@ class Steps:
         outputs = self.strategy.run(self._eval_fn, args=next(iterator))
         return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in outputs]
 
-
-def _replica_local(shape, dtype):
-    # One copy per replica, never synchronised: each sums its own gradients.
-    return tf.Variable(
-        tf.zeros(shape, dtype),
-        trainable=False,
-        synchronization=tf.VariableSynchronization.ON_READ,
-        aggregation=tf.VariableAggregation.SUM,
-    )
