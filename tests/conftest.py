@@ -121,7 +121,7 @@ FILE_SECONDS = {
     "test_clars.py": 116, "test_runtime.py": 113, "test_preemption.py": 103, "test_lars.py": 74,
     "test_benchmarks.py": 74, "test_keras_hub.py": 56, "test_applications.py": 56, "test_per_example_norms.py": 44,
     "test_install.py": 30, "test_experiment_protocol.py": 22, "test_keras_contract.py": 13,
-    "test_model_construction.py": 11, "test_docs.py": 10,
+    "test_model_construction.py": 11, "test_export.py": 12, "test_docs.py": 10,
 }
 
 

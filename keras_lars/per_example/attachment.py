@@ -126,10 +126,13 @@ class PerExampleNorms:
 
     def _watch_input_batch(self):
         """Records the static batch size (an int, or None) of each call of
-        the model, for the taps' check of layers called on a batch of 1."""
+        the model, for the taps' check of layers called on a batch of 1, and
+        whether a call of the model is under way (`tapping`)."""
         self.input_batch = None
         self.tap_calls = {}  # tap id -> its calls in the current call of the model
-        if self.model in (tap.layer for tap in self.taps):
+        self._model_calls = 0
+        self._watching = self.model not in (tap.layer for tap in self.taps)
+        if not self._watching:
             return
         model_call = type(self.model).call.__get__(self.model)
 
@@ -138,9 +141,21 @@ class PerExampleNorms:
             first = next((t for t in tensors if hasattr(t, "shape") and len(t.shape) > 0), None)
             self.input_batch = None if first is None else first.shape[0]
             self.tap_calls = {}
-            return model_call(*args, **kwargs)
+            self._model_calls += 1
+            try:
+                return model_call(*args, **kwargs)
+            finally:
+                self._model_calls -= 1
 
         object.__setattr__(self.model, "call", call)
+
+    @property
+    def tapping(self):
+        """Whether a tapped layer called now is part of a call of the model.
+        A layer called on its own (SavedModel export traces each layer's call
+        apart from the model; a user may call `model.layers[i]`) runs its own
+        `call`, untapped: its taps' norms and call counts are the model's."""
+        return self._model_calls > 0 or not self._watching
 
     def sub_batch(self, residuals, d):
         """The first |J| examples (on TensorFlow, per replica: ceil(|J| /

@@ -29,7 +29,14 @@ class LayerTap:
 
     def install(self):
         layer = self.layer
-        object.__setattr__(layer, "call", lambda *args, **kwargs: self.rule.forward(layer, self._tap, *args, **kwargs))
+        own_call = type(layer).call.__get__(layer)
+
+        def call(*args, **kwargs):
+            if not self.attachment.tapping:
+                return own_call(*args, **kwargs)
+            return self.rule.forward(layer, self._tap, *args, **kwargs)
+
+        object.__setattr__(layer, "call", call)
 
     def remove(self):
         if self.layer.__dict__.get("call") is not None:
@@ -94,7 +101,13 @@ class SharedLayerTap(LayerTap):
         self._index, self._mailbox = 0, None
         layer = self.layer
         original_call = type(layer).call.__get__(layer)
-        object.__setattr__(layer, "call", lambda *args, **kwargs: self._forward(original_call, *args, **kwargs))
+
+        def call(*args, **kwargs):
+            if not self.attachment.tapping:
+                return original_call(*args, **kwargs)
+            return self._forward(original_call, *args, **kwargs)
+
+        object.__setattr__(layer, "call", call)
 
     def _forward(self, original_call, *args, **kwargs):
         outputs = original_call(*args, **kwargs)
