@@ -8,8 +8,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("KERAS_BACKEND") == "jax":
-    # Two host devices for keras.distribution.DataParallel; set before JAX starts.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    # Four host devices for keras.distribution (DataParallel over two,
+    # ModelParallel over a 2 x 2 mesh); set before JAX starts.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 
 import pytest  # noqa: E402
 
@@ -84,12 +85,15 @@ def mirrored_strategy():
     return strategy
 
 
-# The longest files first (measured 2026-12-01, `--durations`): with
-# `-n 2 --dist loadfile` the workers take files in this order, so the long
-# ones do not start last and leave one worker idle at the end.
-LONGEST_FIRST = ("test_imagenet_trainer.py", "test_experiments.py", "test_trainer.py", "test_checkpoints.py",
-                 "test_preemption.py", "test_simclr_example.py", "test_runtime.py", "test_benchmarks.py",
-                 "test_applications.py")
+# The longest files first (measured 2026-12-08 with `--durations=0`,
+# docs/measurements.md): with `-n 2 --dist loadfile --no-loadscope-reorder`
+# the workers take files in this order, so the long ones do not start last
+# and leave one worker idle at the end. (Without --no-loadscope-reorder,
+# pytest-xdist orders the files by their number of tests instead.)
+LONGEST_FIRST = ("test_experiments.py", "test_imagenet_trainer.py", "test_trainer.py", "test_checkpoints.py",
+                 "test_simclr_example.py", "test_layer_statistics.py", "test_clars.py", "test_runtime.py",
+                 "test_preemption.py", "test_lars.py", "test_benchmarks.py", "test_keras_hub.py",
+                 "test_applications.py", "test_per_example_norms.py", "test_install.py")
 
 
 def _rank(item):
@@ -109,21 +113,3 @@ def pytest_collection_modifyitems(config, items):
         config.hook.pytest_deselected(items=dropped)
     items[:] = sorted(kept, key=_rank)  # stable: the order within a file is kept
 
-
-# Scheduling only: `make test` runs the files on two pytest-xdist workers, one
-# file per worker at a time (--dist loadfile --no-loadscope-reorder), longest
-# first, so that no long file starts while the other worker runs out of work.
-# Seconds of each file's tests on a 2-core machine with both workers busy
-# (docs/measurements.md, 2026-12-08); a file not named here runs last.
-FILE_SECONDS = {
-    "test_experiments.py": 560, "test_imagenet_trainer.py": 537, "test_trainer.py": 300,
-    "test_checkpoints.py": 188, "test_simclr_example.py": 155, "test_layer_statistics.py": 121,
-    "test_clars.py": 116, "test_runtime.py": 113, "test_preemption.py": 103, "test_lars.py": 74,
-    "test_benchmarks.py": 74, "test_keras_hub.py": 56, "test_applications.py": 56, "test_per_example_norms.py": 44,
-    "test_install.py": 30, "test_experiment_protocol.py": 22, "test_keras_contract.py": 13,
-    "test_model_construction.py": 11, "test_export.py": 12, "test_docs.py": 10,
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: a file's own order kept

@@ -58,10 +58,14 @@ def _weights(model):
     return [v for v in model.trainable_variables if not keras_lars.per_example.is_probe(v)]
 
 
-def _brute_force(model, x, y):
-    """Mean gradient and (1/B) sum_i ||grad f_i|| per variable, one example at a time."""
+def _brute_force(model, x, y, sample_weight=None):
+    """Mean gradient and (1/B) sum_i ||grad f_i|| per variable, one example
+    at a time; with `sample_weight` (B,), f_i = w_i l_i (Keras's default
+    reduction: the batch loss is sum_i w_i l_i / B)."""
     variables = _weights(model)
     per_example = per_example_gradients(model, _loss(), x, y, variables)
+    if sample_weight is not None:
+        per_example = [[w * g for g in example] for w, example in zip(sample_weight, per_example)]
     grads = [np.mean([example[j] for example in per_example], axis=0) for j in range(len(variables))]
     norms = np.mean([[np.linalg.norm(g) for g in example] for example in per_example], axis=0)
     return grads, norms
@@ -98,6 +102,30 @@ def test_matches_numpy_eq5_with_brute_force_norms(options):
                 weights[j], momentums[j], grads[j], lr, adapt=adapts[j], decay=decays[j], gradient_norm=norms[j]
             )
         model.fit(X, Y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        for j, v in enumerate(_weights(model)):
+            np.testing.assert_allclose(v.numpy(), weights[j], rtol=1e-5, atol=1e-6, err_msg=v.path)
+
+
+def test_sample_weight_makes_each_example_loss_the_weighted_one():
+    """fit(..., sample_weight=w): Keras's batch loss is sum_i w_i l_i / B, so
+    f_i = w_i l_i and n_k = (1/B) sum_i |w_i| ||grad l_i|| (an example of
+    weight 0 adds 0 to the sum and still counts in B), against brute force
+    and NumPy's Eq. 5 over three steps."""
+    lr, weights_of_examples = 2.0, np.random.default_rng(5).uniform(0.0, 2.0, size=16).astype("float32")
+    weights_of_examples[[3, 9]] = 0.0
+    model = _compiled(keras_lars.CLARS(learning_rate=lr, eta=0.01, weight_decay=1e-3))
+    reference = NumpyLARS(momentum=0.9, weight_decay=1e-3, eta=0.01, epsilon=0.0)
+    adapts = model.optimizer.adapts(_weights(model))
+    decays = [len(v.shape) > 1 for v in _weights(model)]
+    weights = [v.numpy().astype("float64") for v in _weights(model)]
+    momentums = [np.zeros_like(w) for w in weights]
+    for _ in range(3):
+        grads, norms = _brute_force(model, X, Y, weights_of_examples)
+        for j in range(len(weights)):
+            weights[j], momentums[j] = reference.step(
+                weights[j], momentums[j], grads[j], lr, adapt=adapts[j], decay=decays[j], gradient_norm=norms[j]
+            )
+        model.fit(X, Y, sample_weight=weights_of_examples, batch_size=16, epochs=1, shuffle=False, verbose=0)
         for j, v in enumerate(_weights(model)):
             np.testing.assert_allclose(v.numpy(), weights[j], rtol=1e-5, atol=1e-6, err_msg=v.path)
 
@@ -149,7 +177,7 @@ def test_jax_data_parallel_matches_one_device(kind):
     import jax
 
     devices = jax.devices("cpu")[:2]
-    assert len(devices) == 2, "conftest sets XLA_FLAGS=--xla_force_host_platform_device_count=2"
+    assert len(devices) == 2, "conftest sets XLA_FLAGS=--xla_force_host_platform_device_count=4"
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     try:
         two = _fit_weights(keras_lars.CLARS(learning_rate=1.0, weight_decay=1e-3), kind=kind)
@@ -158,6 +186,34 @@ def test_jax_data_parallel_matches_one_device(kind):
         keras.distribution.set_distribution(None)
     one = _fit_weights(keras_lars.CLARS(learning_rate=1.0, weight_decay=1e-3), kind=kind)
     _assert_same_state(two, one)
+
+
+@jax_only
+@pytest.mark.parametrize("optimizer", ["lars", "clars"])
+def test_jax_model_parallel_matches_one_device(optimizer):
+    """Kernels sharded over a model axis (`ModelParallel` with a `LayoutMap`,
+    a 2 x 2 mesh, the batch split over the other axis): the trust ratio's
+    norms of a sharded kernel are of the whole kernel, CLARS's per-example
+    norms a mean over the global batch; the same state as one device."""
+    import jax
+
+    devices = jax.devices("cpu")[:4]
+    assert len(devices) == 4, "conftest sets XLA_FLAGS=--xla_force_host_platform_device_count=4"
+    mesh = keras.distribution.DeviceMesh((2, 2), ("batch", "model"), devices)
+    layout = keras.distribution.LayoutMap(mesh)
+    layout["conv/kernel"] = (None, None, None, "model")
+    layout["hidden/kernel"] = (None, "model")
+    layout["head/kernel"] = ("model", None)
+    cls = {"lars": keras_lars.LARS, "clars": keras_lars.CLARS}[optimizer]
+    keras.distribution.set_distribution(keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch"))
+    try:
+        sharded = _fit_weights(cls(learning_rate=1.0, weight_decay=1e-3))
+        kernel = sharded.get_layer("hidden").kernel.value
+        assert len(kernel.sharding.device_set) == 4 and not kernel.sharding.is_fully_replicated
+    finally:
+        keras.distribution.set_distribution(None)
+    one = _fit_weights(cls(learning_rate=1.0, weight_decay=1e-3))
+    _assert_same_state(sharded, one)
 
 
 def test_gradient_accumulation_sums_over_micro_batches():
