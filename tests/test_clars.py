@@ -130,6 +130,49 @@ def test_sample_weight_makes_each_example_loss_the_weighted_one():
             np.testing.assert_allclose(v.numpy(), weights[j], rtol=1e-5, atol=1e-6, err_msg=v.path)
 
 
+def test_masked_per_token_loss_makes_each_example_its_tokens():
+    """A padding mask (Embedding(mask_zero=True)) on a per-token loss: Keras
+    divides the masked sum by the batch's N valid tokens, so f_i = (B / N)
+    sum_t m_it l_it, an example's tokens together; padding adds nothing.
+    Against brute force and NumPy's Eq. 5 over three steps."""
+    rng = np.random.default_rng(6)
+    batch, length = 8, 6
+    tokens = rng.integers(1, 20, size=(batch, length)).astype("int32")
+    for i, valid in enumerate([6, 2, 4, 1, 6, 3, 5, 2]):
+        tokens[i, valid:] = 0  # padding
+    targets = rng.integers(0, 5, size=(batch, length))
+    mask = (tokens != 0).astype("float64")
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((length,), dtype="int32"), L.Embedding(20, 4, mask_zero=True, name="embed"),
+                              L.Dense(8, activation="tanh", name="hidden"), L.Dense(5, name="head")])
+    lr = 2.0
+    model.compile(optimizer=keras_lars.CLARS(learning_rate=lr, eta=0.01, weight_decay=1e-3), loss=_loss())
+    keras_lars.attach_per_example_norms(model)
+    variables = _weights(model)
+    reference = NumpyLARS(momentum=0.9, weight_decay=1e-3, eta=0.01, epsilon=0.0)
+    adapts = model.optimizer.adapts(variables)
+    decays = [len(v.shape) > 1 for v in variables]
+    weights = [keras.ops.convert_to_numpy(v).astype("float64") for v in variables]
+    momentums = [np.zeros_like(w) for w in weights]
+    scale = float(batch / mask.sum())
+
+    def example_loss(i):
+        logits = model(tokens[i:i + 1], training=True)
+        per_token = keras.losses.sparse_categorical_crossentropy(targets[i:i + 1], logits, from_logits=True)
+        return keras.ops.sum(per_token * keras.ops.convert_to_tensor(mask[i:i + 1], "float32")) * scale
+
+    for _ in range(3):
+        per_example = [gradients(model, lambda i=i: example_loss(i), variables) for i in range(batch)]
+        for j in range(len(weights)):
+            grad = np.mean([example[j] for example in per_example], axis=0)
+            norm = np.mean([np.linalg.norm(example[j]) for example in per_example])
+            weights[j], momentums[j] = reference.step(weights[j], momentums[j], grad, lr, adapt=adapts[j],
+                                                      decay=decays[j], gradient_norm=norm)
+        model.fit(tokens, targets, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        for j, v in enumerate(variables):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(v), weights[j], rtol=1e-5, atol=1e-6, err_msg=v.path)
+
+
 def _one_step_sizes(optimizer_cls, x, y, **kwargs):
     model = _compiled(optimizer_cls(learning_rate=1.0, momentum=0.0, eta=0.01, **kwargs))
     before = [v.numpy() for v in _weights(model)]
