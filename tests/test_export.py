@@ -15,8 +15,9 @@ import pytest
 import keras_lars
 
 tf = pytest.importorskip("tensorflow")
-if keras.backend.backend() != "tensorflow":
-    pytest.skip("Keras's SavedModel export of a TensorFlow-backend model", allow_module_level=True)
+# `make test` runs this file in its TensorFlow phase only.
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                reason="Keras's SavedModel export of a TensorFlow-backend model")
 
 L = keras.layers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
