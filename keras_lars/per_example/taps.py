@@ -28,15 +28,16 @@ class LayerTap:
         self._rows = [own.index(id(v)) for v in variables]
 
     def install(self):
-        layer = self.layer
-        own_call = type(layer).call.__get__(layer)
+        self._install(lambda *args, **kwargs: self.rule.forward(self.layer, self._tap, *args, **kwargs))
+
+    def _install(self, tapped):
+        # Tapped only inside a call of the model (`PerExampleNorms.tapping`).
+        own_call = type(self.layer).call.__get__(self.layer)
 
         def call(*args, **kwargs):
-            if not self.attachment.tapping:
-                return own_call(*args, **kwargs)
-            return self.rule.forward(layer, self._tap, *args, **kwargs)
+            return tapped(*args, **kwargs) if self.attachment.tapping else own_call(*args, **kwargs)
 
-        object.__setattr__(layer, "call", call)
+        object.__setattr__(self.layer, "call", call)
 
     def remove(self):
         if self.layer.__dict__.get("call") is not None:
@@ -99,15 +100,8 @@ class SharedLayerTap(LayerTap):
 
     def install(self):
         self._index, self._mailbox = 0, None
-        layer = self.layer
-        original_call = type(layer).call.__get__(layer)
-
-        def call(*args, **kwargs):
-            if not self.attachment.tapping:
-                return original_call(*args, **kwargs)
-            return self._forward(original_call, *args, **kwargs)
-
-        object.__setattr__(layer, "call", call)
+        original_call = type(self.layer).call.__get__(self.layer)
+        self._install(lambda *args, **kwargs: self._forward(original_call, *args, **kwargs))
 
     def _forward(self, original_call, *args, **kwargs):
         outputs = original_call(*args, **kwargs)
